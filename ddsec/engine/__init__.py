@@ -1,0 +1,1 @@
+"""The distillation engine: unrolled inner SGD and its back-gradient (HVP) pass."""

@@ -1,0 +1,112 @@
+"""The synthetic set being distilled: step batches, fixed labels and learned step sizes.
+
+Wang et al., "Dataset Distillation" (arXiv 1811.10959), §3: ``S`` distinct steps, each a batch of
+``N = classes × ipc`` images with fixed class-major labels, applied for ``E`` epochs, so the inner
+loop runs ``T = S·E`` steps, step ``t`` using batch ``t mod S`` and step size
+``η_t = softplus(ρ_t) > 0``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def inverse_softplus(value: float) -> float:
+    """The raw value ``ρ`` with ``softplus(ρ) == value`` (``value > 0``)."""
+    if value <= 0:
+        raise ValueError(f"a step size must be positive, got {value}")
+    return value + math.log(-math.expm1(-value))
+
+
+def class_major_labels(num_classes: int, ipc: int, steps: int) -> Tensor:
+    """Labels ``0,…,0,1,…,1,…`` (each class ``ipc`` times) for every step: int64 ``[S, N]``."""
+    per_step = torch.arange(num_classes).repeat_interleave(ipc)
+    return per_step.unsqueeze(0).repeat(steps, 1)
+
+
+@dataclass
+class SyntheticSet:
+    """Synthetic step batches and their raw step sizes.
+
+    Args:
+        images: float ``[S, N, C, H, W]``, in the model's normalised input space.
+        labels: int64 ``[S, N]`` class indices, or float ``[S, N, K]`` soft labels.
+        raw_lrs: float ``[T]`` with ``T = S·epochs``; the step sizes are ``softplus(raw_lrs)``.
+        epochs: how many times the ``S`` step batches are replayed.
+    """
+
+    images: Tensor
+    labels: Tensor
+    raw_lrs: Tensor
+    epochs: int = 1
+
+    def __post_init__(self) -> None:
+        if self.images.dim() != 5:
+            raise ValueError(f"images must be [S, N, C, H, W], got shape {tuple(self.images.shape)}")
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be at least 1, got {self.epochs}")
+        steps, per_step = self.images.shape[:2]
+        if tuple(self.labels.shape[:2]) != (steps, per_step) or self.labels.dim() not in (2, 3):
+            raise ValueError(
+                f"labels must be [S, N] or [S, N, K] matching images [S={steps}, N={per_step}],"
+                f" got {tuple(self.labels.shape)}"
+            )
+        if self.labels.dim() == 2 and self.labels.dtype != torch.int64:
+            raise ValueError(f"hard labels must be int64, got {self.labels.dtype}")
+        if tuple(self.raw_lrs.shape) != (steps * self.epochs,):
+            raise ValueError(
+                f"raw_lrs must be [T] with T = S·epochs = {steps * self.epochs},"
+                f" got {tuple(self.raw_lrs.shape)}"
+            )
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        num_classes: int,
+        ipc: int,
+        steps: int,
+        epochs: int,
+        image_shape: tuple[int, int, int],
+        init_lr: float,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+    ) -> SyntheticSet:
+        """A fresh set: standard-normal images, class-major labels, every step size ``init_lr``.
+
+        ``generator`` is a CPU generator; the tensors are then moved to ``device``.
+        """
+        if num_classes < 2 or ipc < 1 or steps < 1:
+            raise ValueError(
+                f"need num_classes >= 2, ipc >= 1, steps >= 1; got {num_classes}, {ipc}, {steps}"
+            )
+        shape = (steps, num_classes * ipc, *image_shape)
+        images = torch.randn(shape, generator=generator, dtype=dtype).to(device)
+        labels = class_major_labels(num_classes, ipc, steps).to(device)
+        raw = torch.full((steps * epochs,), inverse_softplus(init_lr), dtype=dtype, device=device)
+        return cls(images, labels, raw, epochs)
+
+    @property
+    def steps(self) -> int:
+        """``S``, the number of distinct step batches."""
+        return self.images.shape[0]
+
+    @property
+    def total_steps(self) -> int:
+        """``T = S·epochs``, the number of inner SGD steps."""
+        return self.steps * self.epochs
+
+    def lrs(self) -> Tensor:
+        """The positive step sizes ``softplus(raw_lrs)``: ``[T]``."""
+        return F.softplus(self.raw_lrs)
+
+    def batch(self, t: int) -> tuple[Tensor, Tensor]:
+        """Images ``[N, C, H, W]`` and labels ``[N]`` (or ``[N, K]``) used at inner step ``t``."""
+        s = t % self.steps
+        return self.images[s], self.labels[s]

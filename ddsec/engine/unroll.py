@@ -1,0 +1,93 @@
+"""The inner loop: out-of-place SGD on the synthetic step batches.
+
+``θ_{t+1} = θ_t − η_t ∇_θ ℓ(f(x̃_{t mod S}; θ_t), ỹ_{t mod S})`` (Wang et al., arXiv 1811.10959,
+eq. 2), for a whole population of models at once. Parameters are plain ``dict[str, Tensor]``
+used through ``torch.func.functional_call``; nothing is updated in place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ddsec.engine.population import Params
+from ddsec.engine.synthetic import SyntheticSet
+
+Forward = Callable[[Params, Tensor], Tensor]
+
+
+def expand_targets(targets: Tensor, models: int) -> Tensor:
+    """Repeat a batch's targets (``[B]`` or ``[B, K]``) for ``models`` models: ``[M·B]`` or ``[M·B, K]``."""
+    return targets.unsqueeze(0).expand(models, *targets.shape).reshape(-1, *targets.shape[1:])
+
+
+def population_loss(logits: Tensor, targets: Tensor) -> Tensor:
+    """Cross-entropy summed over models, averaged over each model's batch.
+
+    Args:
+        logits: ``[M, B, K]``.
+        targets: int64 ``[B]`` class indices or float ``[B, K]`` probabilities, shared by all models.
+
+    Returns:
+        A scalar whose gradient w.r.t. a population's parameters is every model's own gradient.
+    """
+    models, batch = logits.shape[:2]
+    flat = logits.reshape(models * batch, -1)
+    return F.cross_entropy(flat, expand_targets(targets, models), reduction="sum") / batch
+
+
+def inner_grad(
+    forward: Forward, theta: Params, x: Tensor, y: Tensor, *, create_graph: bool
+) -> tuple[Tensor, ...]:
+    """``∇_θ ℓ(f(x; θ), y)`` for every model of the population ``theta`` (leaves requiring grad).
+
+    Returns:
+        One gradient per entry of ``theta``, in its order and shapes (``[M, …]``).
+    """
+    with torch.enable_grad():
+        loss = population_loss(forward(theta, x), y)
+        return torch.autograd.grad(loss, list(theta.values()), create_graph=create_graph)
+
+
+def sgd_step(theta: Params, grads: tuple[Tensor, ...], lr: Tensor) -> Params:
+    """``θ − lr·g``, out of place."""
+    return {k: v - lr * g for (k, v), g in zip(theta.items(), grads)}
+
+
+def leaves(theta: Params) -> Params:
+    """Detached copies of ``theta`` that require grad (fresh autograd leaves)."""
+    return {k: v.detach().requires_grad_(True) for k, v in theta.items()}
+
+
+def unroll(
+    forward: Forward,
+    params: Params,
+    synthetic: SyntheticSet,
+    *,
+    on_step: Callable[[int, Params], None] | None = None,
+) -> Params:
+    """Train a population on the synthetic set without keeping any graph.
+
+    Args:
+        forward: ``(params [M, …], x [B, …]) -> logits [M, B, K]``.
+        params: the population ``θ_0`` (leading model dimension ``M``).
+        synthetic: the step batches and step sizes; used as constants.
+        on_step: called as ``on_step(t, θ_t)`` for ``t = 0 … T`` (before each step and at the end).
+
+    Returns:
+        ``θ_T``, detached, ``[M, …]`` tensors.
+    """
+    lrs = synthetic.lrs().detach()
+    theta = {k: v.detach() for k, v in params.items()}
+    for t in range(synthetic.total_steps):
+        if on_step is not None:
+            on_step(t, theta)
+        x, y = synthetic.batch(t)
+        grads = inner_grad(forward, leaves(theta), x.detach(), y.detach(), create_graph=False)
+        theta = {k: v.detach() for k, v in sgd_step(theta, grads, lrs[t]).items()}
+    if on_step is not None:
+        on_step(synthetic.total_steps, theta)
+    return theta
