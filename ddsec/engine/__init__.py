@@ -1,1 +1,51 @@
-"""The distillation engine: unrolled inner SGD and its back-gradient (HVP) pass."""
+"""The distillation engine: unrolled inner SGD and its back-gradient (HVP) pass.
+
+Wang et al., "Dataset Distillation" (arXiv 1811.10959). Imports only torch and ddsec's own
+types; the front ends (distill, poison, adapt) build on it.
+"""
+
+from ddsec.engine.checkpoint import LoopState, load_checkpoint, save_checkpoint
+from ddsec.engine.distributions import FixedInit, InitDistribution, PopulationInit, RandomInit
+from ddsec.engine.init import INIT_SCHEMES, init_module_, init_tensors
+from ddsec.engine.metagrad import MODES, meta_grad
+from ddsec.engine.objective import ClassificationObjective, Objective, RealBatches
+from ddsec.engine.outer import DistillResult, Progress, distill
+from ddsec.engine.population import (
+    population_forward,
+    population_size,
+    resolve_batching,
+    select,
+    stack_params,
+)
+from ddsec.engine.synthetic import SyntheticSet, class_major_labels, inverse_softplus
+from ddsec.engine.unroll import unroll
+
+__all__ = [
+    "INIT_SCHEMES",
+    "MODES",
+    "ClassificationObjective",
+    "DistillResult",
+    "FixedInit",
+    "InitDistribution",
+    "LoopState",
+    "Objective",
+    "PopulationInit",
+    "Progress",
+    "RandomInit",
+    "RealBatches",
+    "SyntheticSet",
+    "class_major_labels",
+    "distill",
+    "init_module_",
+    "init_tensors",
+    "inverse_softplus",
+    "load_checkpoint",
+    "meta_grad",
+    "population_forward",
+    "population_size",
+    "resolve_batching",
+    "save_checkpoint",
+    "select",
+    "stack_params",
+    "unroll",
+]

@@ -1,0 +1,107 @@
+"""Atomic, resumable checkpoints of the outer loop (safetensors, no pickle).
+
+A checkpoint holds everything the outer loop needs to continue exactly where it stopped: the
+synthetic set, the Adam moments, the random generator's state, the iteration, the loss history
+and a fingerprint of the run's settings, so that resuming with other settings is refused.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+from torch import Tensor
+
+from ddsec._io import atomic_path
+from ddsec.engine.synthetic import SyntheticSet
+from ddsec.errors import DDSecError, FormatError
+
+CHECKPOINT_FORMAT = "ddsec.checkpoint/1"
+
+
+@dataclass
+class LoopState:
+    """The outer loop's full state.
+
+    Attributes:
+        synthetic: the set being learned (images ``[S, N, C, H, W]``, raw step sizes ``[T]``).
+        adam: Adam's per-parameter state, keyed ``"images.exp_avg"``, ``"raw_lrs.step"`` …
+        generator_state: uint8 state of the CPU ``torch.Generator`` driving all sampling.
+        iteration: outer iterations completed.
+        losses: float32 ``[iteration]`` outer loss per completed iteration.
+        lr_scale: multiplier on the Adam learning rate left by non-finite back-offs.
+        fingerprint: JSON-able settings that must match on resume.
+    """
+
+    synthetic: SyntheticSet
+    adam: dict[str, Tensor]
+    generator_state: Tensor
+    iteration: int
+    losses: Tensor
+    lr_scale: float
+    fingerprint: dict
+
+
+def save_checkpoint(path: str | Path, state: LoopState) -> Path:
+    """Write ``state`` to ``path`` atomically (a crash leaves the previous checkpoint intact)."""
+    syn = state.synthetic
+    tensors = {
+        "images": syn.images.detach().cpu().contiguous(),
+        "labels": syn.labels.detach().cpu().contiguous(),
+        "raw_lrs": syn.raw_lrs.detach().cpu().contiguous(),
+        "generator_state": state.generator_state.cpu().contiguous(),
+        "losses": state.losses.detach().cpu().float().contiguous(),
+        **{f"adam.{k}": v.detach().cpu().contiguous() for k, v in state.adam.items()},
+    }
+    metadata = {
+        "format": CHECKPOINT_FORMAT,
+        "iteration": str(state.iteration),
+        "epochs": str(syn.epochs),
+        "lr_scale": repr(state.lr_scale),
+        "fingerprint": json.dumps(state.fingerprint, sort_keys=True),
+    }
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    return Path(path)
+
+
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> LoopState:
+    """Read a checkpoint written by :func:`save_checkpoint`.
+
+    Raises:
+        FormatError: the file is unreadable, truncated or not a ddsec checkpoint.
+    """
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        tensors = load_file(str(path), device=str(device))
+        if metadata.get("format") != CHECKPOINT_FORMAT:
+            raise FormatError(
+                f"{path} is not a ddsec checkpoint (format {metadata.get('format')!r});"
+                " delete it or point --out elsewhere"
+            )
+        synthetic = SyntheticSet(
+            tensors["images"], tensors["labels"], tensors["raw_lrs"], int(metadata["epochs"])
+        )
+        adam = {k.removeprefix("adam."): v for k, v in tensors.items() if k.startswith("adam.")}
+        return LoopState(
+            synthetic=synthetic,
+            adam=adam,
+            generator_state=tensors["generator_state"].cpu(),
+            iteration=int(metadata["iteration"]),
+            losses=tensors["losses"],
+            lr_scale=float(metadata["lr_scale"]),
+            fingerprint=json.loads(metadata["fingerprint"]),
+        )
+    except DDSecError:
+        raise
+    except (SafetensorError, OSError, KeyError, ValueError) as exc:
+        raise FormatError(
+            f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'corrupt'};"
+            " delete it to start over"
+        ) from None

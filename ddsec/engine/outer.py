@@ -1,0 +1,227 @@
+"""The outer loop: Adam on synthetic images and step sizes, over sampled initial weights.
+
+Wang et al., "Dataset Distillation" (arXiv 1811.10959), Algorithm 1: each iteration samples a
+batch of real data and ``n`` initial weights ``θ0 ~ p(θ0)``, unrolls the inner steps from each,
+and takes one Adam step (betas 0.5, 0.999) on the synthetic images and raw step sizes with the
+meta-gradient averaged over the sampled models. The learning rate decays in steps.
+
+The loop reports through a callback (it never prints), checkpoints atomically every
+``checkpoint_every`` iterations (and when interrupted or stopped), resumes exactly from a
+checkpoint, and refuses to write NaN/inf: a non-finite loss or gradient either stops the run
+with a clear error, the last good state saved, or backs off (skips the update and halves the
+learning rate, at most ``max_backoffs`` times in a row).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ddsec.engine.checkpoint import LoopState, load_checkpoint, save_checkpoint
+from ddsec.engine.metagrad import meta_grad
+from ddsec.engine.objective import Objective
+from ddsec.engine.synthetic import SyntheticSet
+from ddsec.errors import DDSecError, NonFiniteError
+
+NONFINITE_POLICIES = ("stop", "backoff")
+_TRAINED = ("images", "raw_lrs")
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One completed outer iteration, as given to the progress callback.
+
+    Attributes:
+        iteration: iterations completed (1-based).
+        iterations: total planned.
+        loss: outer loss of this iteration (averaged over the sampled models).
+        lr: Adam learning rate used for the images.
+        synthetic: the current set (live tensors: copy before keeping).
+        event: ``""`` normally, ``"backoff"`` when a non-finite update was skipped,
+            ``"checkpoint"`` when a checkpoint was written after this iteration.
+    """
+
+    iteration: int
+    iterations: int
+    loss: float
+    lr: float
+    synthetic: SyntheticSet
+    event: str = ""
+
+
+@dataclass
+class DistillResult:
+    """The learned set and the loss history (float32 ``[iterations]``)."""
+
+    synthetic: SyntheticSet
+    losses: Tensor
+    resumed_from: int = 0
+    backoffs: int = field(default=0)
+
+
+def _adam_state(optimizer: torch.optim.Adam) -> dict[str, Tensor]:
+    flat = {}
+    for index, state in optimizer.state_dict()["state"].items():
+        for key, value in state.items():
+            flat[f"{_TRAINED[index]}.{key}"] = torch.as_tensor(value)
+    return flat
+
+
+def _load_adam_state(optimizer: torch.optim.Adam, flat: dict[str, Tensor]) -> None:
+    state_dict = optimizer.state_dict()
+    state_dict["state"] = {
+        index: {k.split(".", 1)[1]: v for k, v in flat.items() if k.split(".", 1)[0] == name}
+        for index, name in enumerate(_TRAINED)
+        if any(k.split(".", 1)[0] == name for k in flat)
+    }
+    optimizer.load_state_dict(state_dict)
+
+
+def _finite(*tensors: Tensor) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
+def distill(
+    objective: Objective,
+    synthetic: SyntheticSet,
+    *,
+    iterations: int,
+    n_models: int = 1,
+    lr: float = 0.01,
+    lr_step_sizes: float | None = None,
+    betas: tuple[float, float] = (0.5, 0.999),
+    decay_every: int | None = None,
+    decay_factor: float = 0.5,
+    mode: str = "hvp",
+    keep_graphs: bool = False,
+    batching: str = "auto",
+    seed: int = 0,
+    checkpoint_path: str | Path | None = None,
+    checkpoint_every: int = 100,
+    resume: bool = False,
+    fingerprint: dict | None = None,
+    on_nonfinite: str = "stop",
+    max_backoffs: int = 5,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> DistillResult:
+    """Learn ``synthetic``'s images and step sizes for ``objective``.
+
+    Args:
+        objective: model, ``p(θ0)``, real batches and outer loss.
+        synthetic: the starting set; its tensors define dtype and device. Not modified.
+        iterations: total outer iterations (a resumed run continues up to this number).
+        n_models: initial weights sampled per iteration (evaluated together, see ``batching``).
+        lr: Adam learning rate for the images.
+        lr_step_sizes: Adam learning rate for the raw step sizes (default ``lr``).
+        betas: Adam betas; the paper uses (0.5, 0.999).
+        decay_every: multiply both learning rates by ``decay_factor`` every this many iterations.
+        decay_factor: see ``decay_every``.
+        mode, keep_graphs, batching: passed to :func:`ddsec.engine.meta_grad`.
+        seed: seeds the generator behind every sample (θ0 draws and real batches).
+        checkpoint_path: where to write checkpoints; ``None`` disables them.
+        checkpoint_every: iterations between checkpoints.
+        resume: continue from ``checkpoint_path`` if it exists.
+        fingerprint: JSON-able settings stored in checkpoints; resuming with different ones fails.
+        on_nonfinite: ``"stop"`` or ``"backoff"``.
+        max_backoffs: consecutive back-offs before stopping anyway.
+        on_progress: called after every iteration.
+
+    Returns:
+        The learned set (detached) and the loss history.
+
+    Raises:
+        NonFiniteError: NaN/inf under ``"stop"`` or after ``max_backoffs`` back-offs; the last
+            good state is checkpointed first when ``checkpoint_path`` is set.
+        DDSecError: a checkpoint from a run with other settings.
+    """
+    if iterations < 1 or n_models < 1 or checkpoint_every < 1:
+        raise ValueError("iterations, n_models and checkpoint_every must be at least 1")
+    if on_nonfinite not in NONFINITE_POLICIES:
+        raise ValueError(f"on_nonfinite must be one of {', '.join(NONFINITE_POLICIES)}")
+    fingerprint = dict(fingerprint or {})
+    images = synthetic.images.detach().clone().requires_grad_(True)
+    raw_lrs = synthetic.raw_lrs.detach().clone().requires_grad_(True)
+    current = SyntheticSet(images, synthetic.labels.detach().clone(), raw_lrs, synthetic.epochs)
+    optimizer = torch.optim.Adam(
+        [{"params": [images], "lr": lr}, {"params": [raw_lrs], "lr": lr_step_sizes or lr}], betas=betas
+    )
+    base_lrs = [group["lr"] for group in optimizer.param_groups]
+    generator = torch.Generator().manual_seed(seed)
+    losses: list[float] = []
+    lr_scale, start = 1.0, 0
+
+    if resume and checkpoint_path is not None and Path(checkpoint_path).exists():
+        state = load_checkpoint(checkpoint_path, device=images.device)
+        if state.fingerprint != fingerprint:
+            changed = sorted(k for k in set(state.fingerprint) | set(fingerprint)
+                             if state.fingerprint.get(k) != fingerprint.get(k))
+            raise DDSecError(
+                f"checkpoint {checkpoint_path} was made with other settings ({', '.join(changed)});"
+                " rerun with the same options, or start over without --resume"
+            )
+        if state.synthetic.images.shape != images.shape or state.synthetic.raw_lrs.shape != raw_lrs.shape:
+            raise DDSecError(f"checkpoint {checkpoint_path} holds a set of another shape; start over without --resume")
+        with torch.no_grad():
+            images.copy_(state.synthetic.images)
+            raw_lrs.copy_(state.synthetic.raw_lrs)
+        _load_adam_state(optimizer, state.adam)
+        generator.set_state(state.generator_state)
+        losses = state.losses.tolist()
+        lr_scale, start = state.lr_scale, state.iteration
+
+    def snapshot(iteration: int) -> LoopState:
+        return LoopState(current, _adam_state(optimizer), generator.get_state(), iteration,
+                         torch.tensor(losses, dtype=torch.float32), lr_scale, fingerprint)
+
+    def checkpoint(iteration: int) -> None:
+        if checkpoint_path is not None:
+            save_checkpoint(checkpoint_path, snapshot(iteration))
+
+    model = objective.model
+    backoffs_in_a_row = total_backoffs = 0
+    iteration = start
+    try:
+        while iteration < iterations:
+            decay = decay_factor ** (iteration // decay_every) if decay_every else 1.0
+            for group, base in zip(optimizer.param_groups, base_lrs):
+                group["lr"] = base * decay * lr_scale
+            x_real, y_real = objective.real_batch(generator)
+            params = objective.init.sample(n_models, generator)
+            loss, images_grad, raw_grad = meta_grad(
+                model, params, current, x_real, y_real, mode=mode, keep_graphs=keep_graphs,
+                batching=batching, loss_fn=objective.outer_loss,
+            )
+            if not _finite(loss, images_grad, raw_grad):
+                backoffs_in_a_row += 1
+                total_backoffs += 1
+                if on_nonfinite == "stop" or backoffs_in_a_row > max_backoffs:
+                    checkpoint(iteration)
+                    where = f"; the last good state is saved in {checkpoint_path}" if checkpoint_path else ""
+                    raise NonFiniteError(
+                        f"the outer loss or its gradient became NaN/inf at iteration {iteration + 1}{where};"
+                        " lower --lr or --distill-lr, then resume"
+                    )
+                lr_scale *= 0.5
+                if on_progress is not None:
+                    on_progress(Progress(iteration, iterations, float(loss), optimizer.param_groups[0]["lr"], current, "backoff"))
+                continue
+            backoffs_in_a_row = 0
+            images.grad, raw_lrs.grad = images_grad, raw_grad
+            optimizer.step()
+            iteration += 1
+            losses.append(float(loss))
+            event = ""
+            if iteration % checkpoint_every == 0 or iteration == iterations:
+                checkpoint(iteration)
+                event = "checkpoint" if checkpoint_path is not None else ""
+            if on_progress is not None:
+                on_progress(Progress(iteration, iterations, float(loss), optimizer.param_groups[0]["lr"], current, event))
+    except KeyboardInterrupt:
+        checkpoint(iteration)
+        raise
+    final = SyntheticSet(images.detach(), current.labels, raw_lrs.detach(), current.epochs)
+    return DistillResult(final, torch.tensor(losses, dtype=torch.float32), start, total_backoffs)
