@@ -11,6 +11,9 @@ from torch import nn
 
 from ddsec.engine import SyntheticSet
 
+# Tests use tiny models: one thread avoids oversubscription overhead on small CPUs.
+torch.set_num_threads(1)
+
 
 def make_tiny_cnn(num_classes: int = 3, dtype: torch.dtype = torch.float64, seed: int = 0) -> nn.Module:
     """A smooth (tanh) conv net for 1×6×6 inputs, small enough for float64 finite differences."""

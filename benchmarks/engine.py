@@ -1,0 +1,107 @@
+"""Engine benchmark: seconds per outer iteration and peak memory, side by side in one run.
+
+Cases (the foundation issue's):
+  (a) LeNet, MNIST-shaped 1×28×28, 10 steps × 3 epochs × 10 images, real batch 1024;
+  (b) AlexCifarNet, CIFAR-shaped 3×32×32, 10 steps × 3 epochs × 10 images, real batch 1024.
+For each: ``hvp`` (recompute), ``hvp`` keeping step graphs, and ``autograd``, over 4 sampled
+models with ``vmap`` and with a Python ``loop``.
+
+Each configuration runs in a fresh subprocess so that its peak memory is its own: the figure is
+the rise of the process's resident-set high-water mark (``ru_maxrss``) over its RSS just before
+the first outer iteration. Times are the mean of ``--iters`` iterations after one warm-up.
+
+    python benchmarks/engine.py                 # everything (a few minutes on 2 cores)
+    python benchmarks/engine.py --cases a --iters 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+CASES = {
+    "a": dict(model="lenet", shape=(1, 28, 28), steps=10, epochs=3, ipc=1, batch=1024),
+    "b": dict(model="alexcifarnet", shape=(3, 32, 32), steps=10, epochs=3, ipc=1, batch=1024),
+}
+VARIANTS = [("hvp", False), ("hvp", True), ("autograd", False)]
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * resource.getpagesize() // 1024
+
+
+def worker(case: str, mode: str, keep: bool, batching: str, iters: int, models: int) -> dict:
+    """One configuration in this process: returns seconds per iteration and peak MiB."""
+    import torch
+
+    from ddsec.engine import RandomInit, SyntheticSet, meta_grad
+    from ddsec.models_zoo import create_model
+
+    spec = CASES[case]
+    gen = torch.Generator().manual_seed(0)
+    model = create_model(spec["model"], num_classes=10, in_chans=spec["shape"][0], image_size=spec["shape"][1]).eval()
+    synthetic = SyntheticSet.create(num_classes=10, ipc=spec["ipc"], steps=spec["steps"], epochs=spec["epochs"],
+                                    image_shape=spec["shape"], init_lr=0.01, generator=gen)
+    x = torch.randn(spec["batch"], *spec["shape"], generator=gen)
+    y = torch.randint(0, 10, (spec["batch"],), generator=gen)
+    init = RandomInit(model, "xavier")
+
+    def one() -> None:
+        meta_grad(model, init.sample(models, gen), synthetic, x, y, mode=mode, keep_graphs=keep, batching=batching)
+
+    base = _rss_kib()
+    one()  # warm-up; peak memory of an iteration is reached here already
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base
+    start = time.perf_counter()
+    for _ in range(iters):
+        one()
+    return {"seconds": (time.perf_counter() - start) / iters, "peak_mib": peak / 1024}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", default="ab")
+    parser.add_argument("--iters", type=int, default=2)
+    parser.add_argument("--models", type=int, default=4)
+    parser.add_argument("--worker", nargs=4, metavar=("CASE", "MODE", "KEEP", "BATCHING"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        case, mode, keep, batching = args.worker
+        print(json.dumps(worker(case, mode, keep == "1", batching, args.iters, args.models)))
+        return
+
+    import torch
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.models} models per iteration,"
+          f" {args.iters} timed iterations after 1 warm-up")
+    print(f"{'case':<16}{'mode':<14}{'batching':<9}{'s/iter':>9}{'peak MiB':>10}")
+    rows = {}
+    for case in args.cases:
+        for mode, keep in VARIANTS:
+            for batching in ("vmap", "loop"):
+                out = subprocess.run(
+                    [sys.executable, __file__, "--iters", str(args.iters), "--models", str(args.models),
+                     "--worker", case, mode, "1" if keep else "0", batching],
+                    check=True, capture_output=True, text=True,
+                )
+                result = json.loads(out.stdout.strip().splitlines()[-1])
+                label = mode + ("+keep" if keep else "")
+                rows[(case, label, batching)] = result
+                print(f"{case + ' ' + CASES[case]['model']:<16}{label:<14}{batching:<9}"
+                      f"{result['seconds']:>9.3f}{result['peak_mib']:>10.0f}", flush=True)
+    print()
+    for case in args.cases:
+        name = f"({case}) {CASES[case]['model']}"
+        hvp, auto = rows[(case, "hvp", "vmap")], rows[(case, "autograd", "vmap")]
+        loop = rows[(case, "hvp", "loop")]
+        print(f"{name}: hvp/autograd peak memory {hvp['peak_mib'] / auto['peak_mib']:.2f}, "
+              f"time {hvp['seconds'] / auto['seconds']:.2f}; loop/vmap time (hvp) {loop['seconds'] / hvp['seconds']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

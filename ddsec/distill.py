@@ -1,0 +1,198 @@
+"""Plain classification distillation, the base front end (``ddsec distill``).
+
+Wang et al., "Dataset Distillation" (arXiv 1811.10959), §3.1–3.2 and Table 1: learn ``S`` step
+batches of ``classes × ipc`` images and ``T = S·E`` step sizes such that ``T`` SGD steps on them
+train a network drawn from ``p(θ0)`` to classify the real test set. The outer objective is
+cross-entropy on real training batches; the result is judged on held-out models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ddsec.data import ImageDataset, load_dataset
+from ddsec.engine import (
+    INIT_SCHEMES,
+    MODES,
+    ClassificationObjective,
+    FixedInit,
+    InitDistribution,
+    PopulationInit,
+    Progress,
+    RandomInit,
+    RealBatches,
+    SyntheticSet,
+    distill,
+)
+from ddsec.errors import DDSecError
+from ddsec.evaluate import EvalResult, evaluate_synthetic
+from ddsec.export import DistilledMeta, DistilledSet
+from ddsec.models_zoo import create_model, load_population
+
+INIT_KINDS = ("random", "fixed", "pretrained", "population")
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; ``cuda`` without a GPU is a clear error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise DDSecError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise DDSecError(f"--device must be auto, cpu or cuda, got {device!r}")
+    return torch.device(device)
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Every setting of one ``ddsec distill`` run; stored as JSON in the exported file.
+
+    Validation raises :class:`DDSecError` naming the command-line option at fault.
+    """
+
+    dataset: str = "digits"
+    data_dir: str | None = None
+    model: str = "lenet"
+    steps: int = 10
+    epochs: int = 3
+    ipc: int = 1
+    init: str = "random"
+    init_scheme: str = "xavier"
+    init_seed: int = 0
+    weights: str | None = None
+    population: str | None = None
+    heldout_population: str | None = None
+    n_models: int = 4
+    iterations: int = 300
+    batch_size: int = 1024
+    lr: float = 0.01
+    distill_lr: float = 0.02
+    decay_every: int | None = None
+    decay_factor: float = 0.5
+    mode: str = "hvp"
+    seed: int = 0
+    device: str = "auto"
+    eval_models: int = 20
+
+    def __post_init__(self) -> None:
+        positive = {"--steps": self.steps, "--epochs": self.epochs, "--ipc": self.ipc,
+                    "--n-models": self.n_models, "--iterations": self.iterations,
+                    "--batch-size": self.batch_size, "--eval-models": self.eval_models}
+        for flag, value in positive.items():
+            if value < 1:
+                raise DDSecError(f"{flag} must be at least 1, got {value}")
+        for flag, value in {"--lr": self.lr, "--distill-lr": self.distill_lr}.items():
+            if not value > 0:
+                raise DDSecError(f"{flag} must be positive, got {value}")
+        if self.init not in INIT_KINDS:
+            raise DDSecError(f"--init must be one of {', '.join(INIT_KINDS)}, got {self.init!r}")
+        if self.init_scheme not in INIT_SCHEMES:
+            raise DDSecError(f"--init-scheme must be one of {', '.join(INIT_SCHEMES)}, got {self.init_scheme!r}")
+        if self.mode not in MODES:
+            raise DDSecError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.init == "pretrained" and not self.weights:
+            raise DDSecError("--init pretrained needs --weights PATH (a .safetensors or .pth state dict)")
+        if self.init == "population" and not self.population:
+            raise DDSecError("--init population needs --population PATH (see `ddsec zoo`)")
+        if self.decay_every is not None and self.decay_every < 1:
+            raise DDSecError(f"--decay-every must be at least 1, got {self.decay_every}")
+
+    def fingerprint(self) -> dict:
+        """Settings that must not change when a run is resumed."""
+        keep = ("dataset", "model", "steps", "epochs", "ipc", "init", "init_scheme", "init_seed",
+                "weights", "population", "n_models", "batch_size", "lr", "distill_lr", "decay_every",
+                "decay_factor", "mode", "seed")
+        return {k: v for k, v in asdict(self).items() if k in keep}
+
+
+@dataclass
+class DistillOutcome:
+    """What a run produced: the exported set, its held-out evaluation, the loss history."""
+
+    distilled: DistilledSet
+    evaluation: EvalResult
+    losses: torch.Tensor
+    seconds: float
+
+
+def build_model(name: str, data: ImageDataset, **kwargs) -> nn.Module:
+    """The registry model for ``data``'s shape and classes, in eval mode."""
+    channels, size, _ = data.image_shape
+    return create_model(name, num_classes=data.num_classes, in_chans=channels, image_size=size, **kwargs).eval()
+
+
+def build_inits(cfg: DistillConfig, data: ImageDataset, device: torch.device) -> tuple[nn.Module, InitDistribution, InitDistribution]:
+    """The model, the training ``p(θ0)`` and the held-out ``p(θ0)`` used for evaluation."""
+    if cfg.init == "random":
+        model = build_model(cfg.model, data).to(device)
+        return model, RandomInit(model, cfg.init_scheme), RandomInit(model, cfg.init_scheme)
+    if cfg.init in ("fixed", "pretrained"):
+        model = build_model(cfg.model, data, init=cfg.init_scheme, seed=cfg.init_seed,
+                            checkpoint=cfg.weights if cfg.init == "pretrained" else None).to(device)
+        fixed = FixedInit(dict(model.named_parameters()), kind=cfg.init)
+        return model, fixed, fixed
+    model = build_model(cfg.model, data).to(device)
+    train = PopulationInit(load_population(cfg.population, model=cfg.model, device=device))
+    if cfg.heldout_population is None:
+        raise DDSecError("--init population needs --heldout-population PATH for an honest evaluation")
+    heldout = PopulationInit(load_population(cfg.heldout_population, model=cfg.model, device=device))
+    return model, train, heldout
+
+
+def run_distill(
+    cfg: DistillConfig,
+    *,
+    checkpoint_path: str | Path | None = None,
+    resume: bool = False,
+    on_progress: Callable[[Progress], None] | None = None,
+    on_phase: Callable[[str], None] | None = None,
+) -> DistillOutcome:
+    """Load the data, distil, evaluate on held-out models and build the exportable set.
+
+    Args:
+        cfg: the run's settings.
+        checkpoint_path: where the outer loop checkpoints (``None``: no checkpoints).
+        resume: continue from ``checkpoint_path``.
+        on_progress: called after every outer iteration.
+        on_phase: called with a short phase name (``"loading"``, ``"distilling"``, ``"evaluating"``).
+    """
+    import time
+
+    phase = on_phase or (lambda _: None)
+    device = resolve_device(cfg.device)
+    phase("loading")
+    train = load_dataset(cfg.dataset, train=True, root=cfg.data_dir)
+    test = load_dataset(cfg.dataset, train=False, root=cfg.data_dir)
+    model, init, heldout = build_inits(cfg, train, device)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    synthetic = SyntheticSet.create(
+        num_classes=train.num_classes, ipc=cfg.ipc, steps=cfg.steps, epochs=cfg.epochs,
+        image_shape=train.image_shape, init_lr=cfg.distill_lr, generator=generator, device=device,
+    )
+    objective = ClassificationObjective(model, init, RealBatches(train.images, train.labels, cfg.batch_size, device))
+    phase("distilling")
+    start = time.perf_counter()
+    result = distill(
+        objective, synthetic, iterations=cfg.iterations, n_models=cfg.n_models, lr=cfg.lr,
+        decay_every=cfg.decay_every, decay_factor=cfg.decay_factor, mode=cfg.mode, seed=cfg.seed,
+        checkpoint_path=checkpoint_path, resume=resume, fingerprint=cfg.fingerprint(),
+        on_progress=on_progress,
+    )
+    seconds = time.perf_counter() - start
+    phase("evaluating")
+    evaluation = evaluate_synthetic(
+        model, heldout, result.synthetic, test.images, test.labels,
+        n_models=1 if cfg.init in ("fixed", "pretrained") else cfg.eval_models,
+        generator=torch.Generator().manual_seed(cfg.seed + 1_000_003),
+    )
+    meta = DistilledMeta(
+        task="distill", dataset=cfg.dataset, model=cfg.model, epochs=cfg.epochs, ipc=cfg.ipc, init=cfg.init,
+        mean=train.mean, std=train.std, seed=cfg.seed, num_classes=train.num_classes, config=asdict(cfg),
+    )
+    distilled = DistilledSet(result.synthetic.images, result.synthetic.labels, result.synthetic.lrs().detach(), meta)
+    return DistillOutcome(distilled, evaluation, result.losses, seconds)

@@ -1,0 +1,117 @@
+"""Held-out evaluation of a synthetic set: train fresh models with it, measure them on test data.
+
+Wang et al. (arXiv 1811.10959), §4: a distilled set is judged by the test accuracy of models that
+did *not* take part in distillation (fresh random inits, a held-out population, or the fixed
+init it was made for) after the same ``T`` inner steps with the learned step sizes. Reported
+as mean ± std over models, on the whole test split, before (step 0) and after the steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ddsec.engine import InitDistribution, SyntheticSet, population_forward, unroll
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Accuracies of ``M`` held-out models, fractions in [0, 1].
+
+    Attributes:
+        before: float ``[M]``, at initialisation.
+        after: float ``[M]``, after all ``T`` steps.
+        per_step: float ``[T + 1, M]`` accuracy after each step, when asked for.
+    """
+
+    before: Tensor
+    after: Tensor
+    per_step: Tensor | None = None
+
+    @property
+    def models(self) -> int:
+        """``M``."""
+        return self.after.shape[0]
+
+    def summary(self) -> dict[str, float | int]:
+        """Mean and standard deviation, as plain numbers (``std`` is 0 for one model)."""
+        std = float(self.after.std()) if self.models > 1 else 0.0
+        return {
+            "models": self.models,
+            "acc_before_mean": float(self.before.mean()),
+            "acc_mean": float(self.after.mean()),
+            "acc_std": std,
+        }
+
+
+@torch.no_grad()
+def population_predictions(
+    model: nn.Module, params: dict[str, Tensor], images: Tensor, *, batching: str = "auto",
+    batch_size: int = 1000,
+) -> Tensor:
+    """Predicted classes of every model on every image: int64 ``[M, N]``.
+
+    Args:
+        params: a population (``[M, …]`` tensors).
+        images: float ``[N, C, H, W]``, on any device (moved batch by batch to the params').
+    """
+    forward = population_forward(model, batching)
+    device = next(iter(params.values())).device
+    chunks = [
+        forward(params, images[i : i + batch_size].to(device)).argmax(-1).cpu()
+        for i in range(0, images.shape[0], batch_size)
+    ]
+    return torch.cat(chunks, dim=1)
+
+
+def evaluate_synthetic(
+    model: nn.Module,
+    init: InitDistribution,
+    synthetic: SyntheticSet,
+    test_images: Tensor,
+    test_labels: Tensor,
+    *,
+    n_models: int,
+    generator: torch.Generator,
+    per_step: bool = False,
+    chunk: int = 50,
+    batching: str = "auto",
+) -> EvalResult:
+    """Train ``n_models`` models drawn from ``init`` on ``synthetic`` and test them.
+
+    Args:
+        model: the architecture (eval mode).
+        init: held-out ``p(θ0)``: fresh random inits, a held-out population, or the fixed init.
+        synthetic: applied exactly as distilled (step order, learned step sizes, epochs).
+        test_images: float ``[N, C, H, W]``; test_labels: int64 ``[N]``.
+        n_models: how many models; trained ``chunk`` at a time.
+        generator: drives the draws from ``init``.
+        per_step: also record accuracy after every inner step.
+    """
+    if n_models < 1:
+        raise ValueError(f"n_models must be at least 1, got {n_models}")
+    synthetic = SyntheticSet(*(t.detach() for t in (synthetic.images, synthetic.labels, synthetic.raw_lrs)),
+                             synthetic.epochs)
+    forward = population_forward(model, batching)
+    labels = test_labels.cpu()
+    before, after, curves = [], [], []
+    for start in range(0, n_models, chunk):
+        params = init.sample(min(chunk, n_models - start), generator)
+        curve: list[Tensor] = []
+
+        def record(t: int, theta: dict[str, Tensor]) -> None:
+            if per_step or t == 0:
+                preds = population_predictions(model, theta, test_images, batching=batching)
+                curve.append((preds == labels).float().mean(1))
+
+        final = unroll(forward, params, synthetic, on_step=record)
+        before.append(curve[0])
+        if per_step:
+            after.append(curve[-1])
+            curves.append(torch.stack(curve))
+        else:
+            after.append((population_predictions(model, final, test_images, batching=batching) == labels)
+                         .float().mean(1))
+    return EvalResult(torch.cat(before), torch.cat(after), torch.cat(curves, dim=1) if per_step else None)

@@ -1,0 +1,31 @@
+"""Model zoo: registered networks and local weight files for ddsec.
+
+Networks used by Wang et al., "Dataset Distillation" (arXiv 1811.10959) and by the
+gradient-matching benchmarks: ``lenet``, ``alexcifarnet``, ``convnet3``, ``alexnet``, ``mlp``,
+plus tiny ``test_mlp`` / ``test_cnn`` models for tests. Importing this package registers them.
+All work with ``torch.func.functional_call`` and ``vmap`` over stacked parameters and support
+double backward. Populations of trained models are stored as stacked safetensors files
+(:mod:`ddsec.models_zoo.population`). Import as ``ddsec.models_zoo``.
+"""
+
+# Importing the model modules registers their factories.
+from ddsec.models_zoo import alexcifarnet, alexnet, convnet, lenet, mlp, testing  # noqa: F401
+from ddsec.models_zoo.population import load_population, population_metadata, save_population
+from ddsec.models_zoo.registry import (
+    create_model,
+    list_models,
+    load_weights,
+    register_model,
+    save_weights,
+)
+
+__all__ = [
+    "create_model",
+    "list_models",
+    "load_population",
+    "load_weights",
+    "population_metadata",
+    "register_model",
+    "save_population",
+    "save_weights",
+]
