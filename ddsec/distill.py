@@ -8,6 +8,7 @@ cross-entropy on real training batches; the result is judged on held-out models.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ from ddsec.export import DistilledMeta, DistilledSet
 from ddsec.models_zoo import create_model, load_population
 
 INIT_KINDS = ("random", "fixed", "pretrained", "population")
+IMAGE_INITS = ("real", "noise")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -75,6 +77,8 @@ class DistillConfig:
     decay_every: int | None = None
     decay_factor: float = 0.5
     mode: str = "hvp"
+    keep_graphs: bool = False
+    image_init: str = "real"
     seed: int = 0
     device: str = "auto"
     eval_models: int = 20
@@ -93,6 +97,8 @@ class DistillConfig:
             raise DDSecError(f"--init must be one of {', '.join(INIT_KINDS)}, got {self.init!r}")
         if self.init_scheme not in INIT_SCHEMES:
             raise DDSecError(f"--init-scheme must be one of {', '.join(INIT_SCHEMES)}, got {self.init_scheme!r}")
+        if self.image_init not in IMAGE_INITS:
+            raise DDSecError(f"--image-init must be one of {', '.join(IMAGE_INITS)}, got {self.image_init!r}")
         if self.mode not in MODES:
             raise DDSecError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.init == "pretrained" and not self.weights:
@@ -106,7 +112,7 @@ class DistillConfig:
         """Settings that must not change when a run is resumed."""
         keep = ("dataset", "model", "steps", "epochs", "ipc", "init", "init_scheme", "init_seed",
                 "weights", "population", "n_models", "batch_size", "lr", "distill_lr", "decay_every",
-                "decay_factor", "mode", "seed")
+                "decay_factor", "mode", "image_init", "seed")
         return {k: v for k, v in asdict(self).items() if k in keep}
 
 
@@ -118,6 +124,23 @@ class DistillOutcome:
     evaluation: EvalResult
     losses: torch.Tensor
     seconds: float
+
+
+def real_images_per_class(data: ImageDataset, ipc: int, steps: int, generator: torch.Generator) -> torch.Tensor:
+    """Random real images laid out like a synthetic set: float ``[S, classes·ipc, C, H, W]``, class-major.
+
+    Raises:
+        DDSecError: a class has fewer than ``ipc·steps`` training images.
+    """
+    per_class = []
+    for c in range(data.num_classes):
+        index = (data.labels == c).nonzero().flatten()
+        if index.numel() < ipc * steps:
+            raise DDSecError(f"class {c} of {data.name} has {index.numel()} training images, fewer than"
+                             f" steps × ipc = {steps * ipc}; lower --steps or --ipc, or use --image-init noise")
+        pick = index[torch.randperm(index.numel(), generator=generator)[: ipc * steps]]
+        per_class.append(data.images[pick].view(steps, ipc, *data.image_shape))
+    return torch.cat(per_class, dim=1)
 
 
 def build_model(name: str, data: ImageDataset, **kwargs) -> nn.Module:
@@ -144,50 +167,83 @@ def build_inits(cfg: DistillConfig, data: ImageDataset, device: torch.device) ->
     return model, train, heldout
 
 
-def run_distill(
-    cfg: DistillConfig,
-    *,
-    checkpoint_path: str | Path | None = None,
-    resume: bool = False,
-    on_progress: Callable[[Progress], None] | None = None,
-    on_phase: Callable[[str], None] | None = None,
-) -> DistillOutcome:
-    """Load the data, distil, evaluate on held-out models and build the exportable set.
+@dataclass
+class DistillJob:
+    """A run ready to start: data loaded, model and ``p(θ0)`` built, all inputs validated."""
 
-    Args:
-        cfg: the run's settings.
-        checkpoint_path: where the outer loop checkpoints (``None``: no checkpoints).
-        resume: continue from ``checkpoint_path``.
-        on_progress: called after every outer iteration.
-        on_phase: called with a short phase name (``"loading"``, ``"distilling"``, ``"evaluating"``).
-    """
-    import time
+    cfg: DistillConfig
+    train: ImageDataset
+    test: ImageDataset
+    model: nn.Module
+    init: InitDistribution
+    heldout: InitDistribution
+    device: torch.device
 
-    phase = on_phase or (lambda _: None)
+
+def prepare_distill(cfg: DistillConfig) -> DistillJob:
+    """Load the data and build the model and initial-weight distributions (fails fast on bad input)."""
     device = resolve_device(cfg.device)
-    phase("loading")
     train = load_dataset(cfg.dataset, train=True, root=cfg.data_dir)
     test = load_dataset(cfg.dataset, train=False, root=cfg.data_dir)
     model, init, heldout = build_inits(cfg, train, device)
+    return DistillJob(cfg, train, test, model, init, heldout, device)
+
+
+def run_distill(
+    job: DistillJob,
+    *,
+    checkpoint_path: str | Path | None = None,
+    resume: bool = False,
+    eval_every: int | None = None,
+    on_progress: Callable[[Progress, float | None], None] | None = None,
+) -> DistillOutcome:
+    """Distil, evaluate on held-out models and build the exportable set.
+
+    Args:
+        job: from :func:`prepare_distill`.
+        checkpoint_path: where the outer loop checkpoints (``None``: no checkpoints).
+        resume: continue from ``checkpoint_path``.
+        eval_every: every this many iterations, measure the held-out accuracy on a quick sample
+            (up to 5 models, up to 2000 test images) and pass it to ``on_progress``.
+        on_progress: called after every outer iteration with the progress and that accuracy
+            (``None`` in between).
+    """
+    cfg, train, test, model, heldout, device = job.cfg, job.train, job.test, job.model, job.heldout, job.device
     generator = torch.Generator().manual_seed(cfg.seed)
     synthetic = SyntheticSet.create(
         num_classes=train.num_classes, ipc=cfg.ipc, steps=cfg.steps, epochs=cfg.epochs,
         image_shape=train.image_shape, init_lr=cfg.distill_lr, generator=generator, device=device,
     )
-    objective = ClassificationObjective(model, init, RealBatches(train.images, train.labels, cfg.batch_size, device))
-    phase("distilling")
+    if cfg.image_init == "real":
+        synthetic.images = real_images_per_class(train, cfg.ipc, cfg.steps, generator).to(device)
+    objective = ClassificationObjective(model, job.init, RealBatches(train.images, train.labels, cfg.batch_size, device))
+    fixed_init = cfg.init in ("fixed", "pretrained")
+    quick = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:2000]
+
+    def report(progress: Progress) -> None:
+        if on_progress is None:
+            return
+        accuracy = None
+        if eval_every and (progress.iteration % eval_every == 0 or progress.iteration == progress.iterations):
+            accuracy = float(evaluate_synthetic(
+                model, heldout, progress.synthetic, test.images[quick], test.labels[quick],
+                n_models=1 if fixed_init else min(5, cfg.eval_models),
+                generator=torch.Generator().manual_seed(cfg.seed + 7),
+            ).after.mean())
+        on_progress(progress, accuracy)
+
     start = time.perf_counter()
     result = distill(
         objective, synthetic, iterations=cfg.iterations, n_models=cfg.n_models, lr=cfg.lr,
-        decay_every=cfg.decay_every, decay_factor=cfg.decay_factor, mode=cfg.mode, seed=cfg.seed,
+        decay_every=cfg.decay_every, decay_factor=cfg.decay_factor, mode=cfg.mode,
+        keep_graphs=cfg.keep_graphs, seed=cfg.seed,
         checkpoint_path=checkpoint_path, resume=resume, fingerprint=cfg.fingerprint(),
-        on_progress=on_progress,
+        on_progress=report,
     )
     seconds = time.perf_counter() - start
-    phase("evaluating")
     evaluation = evaluate_synthetic(
         model, heldout, result.synthetic, test.images, test.labels,
-        n_models=1 if cfg.init in ("fixed", "pretrained") else cfg.eval_models,
+        n_models=1 if fixed_init else cfg.eval_models,
         generator=torch.Generator().manual_seed(cfg.seed + 1_000_003),
     )
     meta = DistilledMeta(
@@ -196,3 +252,49 @@ def run_distill(
     )
     distilled = DistilledSet(result.synthetic.images, result.synthetic.labels, result.synthetic.lrs().detach(), meta)
     return DistillOutcome(distilled, evaluation, result.losses, seconds)
+
+
+def config_from_meta(meta: DistilledMeta, **overrides) -> DistillConfig:
+    """The :class:`DistillConfig` stored in a distilled set's metadata, with ``overrides``."""
+    known = {f for f in DistillConfig.__dataclass_fields__}
+    stored = {k: v for k, v in meta.config.items() if k in known}
+    try:
+        return DistillConfig(**{**stored, **{k: v for k, v in overrides.items() if v is not None}})
+    except TypeError as exc:
+        raise DDSecError(f"the file's stored config is not usable ({exc})") from None
+
+
+def evaluate_distilled_file(
+    path: str | Path,
+    *,
+    n_models: int,
+    per_step: bool = False,
+    data_dir: str | None = None,
+    heldout_population: str | None = None,
+    seed: int = 1,
+    device: str = "auto",
+) -> tuple[EvalResult, DistilledMeta]:
+    """Evaluate an exported distilled set on held-out models drawn as its run's config says.
+
+    Random-init sets get ``n_models`` fresh inits; fixed and pretrained ones their own init
+    (one model); population ones a held-out population.
+    """
+    from ddsec.export import load_distilled
+
+    dset = load_distilled(path)
+    if dset.meta.task != "distill":
+        raise DDSecError(f"{path} is a {dset.meta.task} set; evaluate it with `ddsec {dset.meta.task}`")
+    cfg = config_from_meta(dset.meta, data_dir=data_dir, heldout_population=heldout_population, device=device)
+    torch_device = resolve_device(cfg.device)
+    test = load_dataset(cfg.dataset, train=False, root=cfg.data_dir)
+    if tuple(test.image_shape) != tuple(dset.images.shape[2:]):
+        raise DDSecError(f"{path} holds {tuple(dset.images.shape[2:])} images but {cfg.dataset} gives {test.image_shape}")
+    model, _, heldout = build_inits(cfg, test, torch_device)
+    synthetic = SyntheticSet.from_lrs(dset.images.to(torch_device), dset.labels.to(torch_device),
+                                      dset.lrs.to(torch_device), dset.meta.epochs)
+    result = evaluate_synthetic(
+        model, heldout, synthetic, test.images, test.labels,
+        n_models=1 if cfg.init in ("fixed", "pretrained") else n_models, per_step=per_step,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    return result, dset.meta

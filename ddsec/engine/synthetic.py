@@ -92,6 +92,14 @@ class SyntheticSet:
         raw = torch.full((steps * epochs,), inverse_softplus(init_lr), dtype=dtype, device=device)
         return cls(images, labels, raw, epochs)
 
+    @classmethod
+    def from_lrs(cls, images: Tensor, labels: Tensor, lrs: Tensor, epochs: int) -> SyntheticSet:
+        """A set from positive step sizes ``lrs [T]`` (as exported) instead of raw values."""
+        if not bool((lrs > 0).all()):
+            raise ValueError("step sizes must be positive")
+        raw = lrs + torch.log(-torch.expm1(-lrs))
+        return cls(images, labels, raw, epochs)
+
     @property
     def steps(self) -> int:
         """``S``, the number of distinct step batches."""

@@ -1,0 +1,27 @@
+"""The ``ddsec`` command line (typer + rich): the only part of ddsec that prints.
+
+Every command turns :class:`ddsec.DDSecError` into one line on stderr and exit code 1; an
+interrupted run says how to resume and exits with 130.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from ddsec.cli import distill_cmd, eval_cmd, show_cmd
+
+app = typer.Typer(
+    name="ddsec",
+    help="Dataset distillation for security research (Wang et al., arXiv 1811.10959).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.command("distill")(distill_cmd.distill)
+app.command("eval")(eval_cmd.evaluate)
+app.command("show")(show_cmd.show)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

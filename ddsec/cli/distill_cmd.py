@@ -1,0 +1,101 @@
+"""``ddsec distill``: learn a distilled training set and export it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ddsec.cli.render import err, out, percent, print_json, progress_bar, result_table, user_errors
+from ddsec.errors import DDSecError
+
+
+def checkpoint_for(output: Path) -> Path:
+    """Where a run writing ``output`` keeps its checkpoint."""
+    return output.with_name(output.name + ".ckpt")
+
+
+@user_errors
+def distill(
+    dataset: str = typer.Option("digits", help="digits (embedded), mnist, usps, svhn, cifar10, imagefolder."),
+    data_dir: Optional[str] = typer.Option(None, help="Data root (default $DDSEC_DATA, else ~/.cache/ddsec/data); for imagefolder, the tree."),
+    model: str = typer.Option("lenet", help="Registered model (see models_zoo)."),
+    steps: int = typer.Option(10, help="Distinct synthetic step batches S."),
+    epochs: int = typer.Option(3, help="Times the S batches are replayed (T = S × epochs)."),
+    ipc: int = typer.Option(1, help="Images per class in each step batch."),
+    init: str = typer.Option("random", help="p(θ0): random | fixed | pretrained | population."),
+    init_scheme: str = typer.Option("xavier", help="Random init: xavier | kaiming | default."),
+    init_seed: int = typer.Option(0, help="Seed of the fixed init (--init fixed)."),
+    weights: Optional[str] = typer.Option(None, help="Weights file for --init pretrained (.safetensors or .pth)."),
+    population: Optional[str] = typer.Option(None, help="Population file for --init population."),
+    heldout_population: Optional[str] = typer.Option(None, help="Held-out population for evaluation."),
+    n_models: int = typer.Option(4, help="Initial weights sampled per outer iteration."),
+    iterations: int = typer.Option(300, help="Outer iterations."),
+    batch_size: int = typer.Option(1024, help="Real images per outer iteration."),
+    lr: float = typer.Option(0.01, help="Adam learning rate for the images."),
+    distill_lr: float = typer.Option(0.02, help="Initial inner step size."),
+    decay_every: Optional[int] = typer.Option(None, help="Halve the learning rates every this many iterations."),
+    mode: str = typer.Option("hvp", help="Meta-gradient: hvp (back-gradient) | autograd (reference)."),
+    keep_graphs: bool = typer.Option(False, help="hvp: keep each step's graph instead of recomputing it (faster, more memory)."),
+    image_init: str = typer.Option("real", help="Start images from random real ones of each class (real) or noise."),
+    seed: int = typer.Option(0, help="Seed of every random draw."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    out_path: Optional[Path] = typer.Option(None, "--out", help="Output .safetensors (default distilled/<dataset>-<model>.safetensors)."),
+    resume: bool = typer.Option(False, help="Continue an interrupted run from its checkpoint."),
+    force: bool = typer.Option(False, help="Start over even if an unfinished run's checkpoint exists."),
+    eval_models: int = typer.Option(20, help="Held-out models for the final evaluation."),
+    eval_every: Optional[int] = typer.Option(None, help="Quick held-out accuracy every N iterations (default: 5 times a run)."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object as the last line of stdout."),
+    quiet: bool = typer.Option(False, help="No progress bar."),
+) -> None:
+    """Distil a dataset into a few synthetic images and learned step sizes."""
+    from ddsec.distill import DistillConfig, prepare_distill, run_distill
+    from ddsec.export import save_distilled
+
+    cfg = DistillConfig(
+        dataset=dataset, data_dir=data_dir, model=model, steps=steps, epochs=epochs, ipc=ipc, init=init,
+        init_scheme=init_scheme, init_seed=init_seed, weights=weights, population=population,
+        heldout_population=heldout_population, n_models=n_models, iterations=iterations,
+        batch_size=batch_size, lr=lr, distill_lr=distill_lr, decay_every=decay_every, mode=mode,
+        keep_graphs=keep_graphs, image_init=image_init,
+        seed=seed, device=device, eval_models=eval_models,
+    )
+    output = out_path or Path("distilled") / f"{dataset}-{model}.safetensors"
+    if output.suffix != ".safetensors":
+        raise DDSecError(f"--out must end in .safetensors, got {output}")
+    checkpoint = checkpoint_for(output)
+    if checkpoint.exists() and not (resume or force):
+        raise DDSecError(f"an unfinished run left {checkpoint}; pass --resume to continue it or --force to start over")
+    if force:
+        checkpoint.unlink(missing_ok=True)
+    with err.status("loading data and building the model…"):
+        job = prepare_distill(cfg)
+    every = eval_every if eval_every is not None else max(1, iterations // 5)
+    last_acc: list[str] = [""]
+
+    with progress_bar("distilling", iterations, quiet=quiet) as update:
+        def on_progress(progress, accuracy):
+            if accuracy is not None:
+                last_acc[0] = f"  held-out {percent(accuracy)}"
+            update(progress.iteration, f"loss {progress.loss:.3f}{last_acc[0]}")
+
+        outcome = run_distill(job, checkpoint_path=checkpoint, resume=resume, eval_every=every,
+                              on_progress=on_progress)
+    save_distilled(output, outcome.distilled)
+    checkpoint.unlink(missing_ok=True)
+
+    summary = outcome.evaluation.summary()
+    rows = [
+        ("output", str(output)),
+        ("set", f"{outcome.distilled.steps} steps × {outcome.distilled.meta.epochs} epochs × "
+                f"{outcome.distilled.images_per_step} images ({dataset}, {model}, init {init})"),
+        ("distillation time", f"{outcome.seconds:.1f} s"),
+        ("final outer loss", f"{float(outcome.losses[-1]):.4f}"),
+        (f"held-out accuracy, {summary['models']} models", percent(summary["acc_mean"], summary["acc_std"])),
+        ("accuracy before the steps", percent(summary["acc_before_mean"])),
+    ]
+    out.print(result_table("ddsec distill", rows))
+    if json_out:
+        print_json({"output": str(output), "seconds": round(outcome.seconds, 3), "iterations": iterations,
+                    "eval": summary})

@@ -1,0 +1,71 @@
+"""Rendering shared by the commands: error handling, progress bars, tables and JSON lines."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ddsec.errors import DDSecError
+
+out = Console()
+err = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def user_errors(fn: F) -> F:
+    """Turn ``DDSecError`` into one red line on stderr and exit 1; Ctrl-C into exit 130."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except DDSecError as exc:
+            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            err.print("[yellow]interrupted[/]: progress is checkpointed; rerun the same command with --resume")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@contextmanager
+def progress_bar(description: str, total: int, quiet: bool = False) -> Iterator[Callable[..., None]]:
+    """A rich progress bar on stderr; yields ``update(completed, **fields)``."""
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
+    with Progress(*columns, console=err, disable=quiet, transient=False) as progress:
+        task = progress.add_task(description, total=total, info="")
+
+        def update(completed: int, info: str = "") -> None:
+            progress.update(task, completed=completed, info=info)
+
+        yield update
+
+
+def percent(mean: float, std: float | None = None) -> str:
+    """``87.3 ± 1.2 %`` from fractions."""
+    return f"{100 * mean:.1f} %" if std is None else f"{100 * mean:.1f} ± {100 * std:.1f} %"
+
+
+def result_table(title: str, rows: list[tuple[str, str]]) -> Table:
+    """A two-column table of labelled results."""
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
+
+
+def print_json(payload: dict) -> None:
+    """One JSON object as the last line of stdout."""
+    typer.echo(json.dumps(payload, sort_keys=True))

@@ -1,0 +1,111 @@
+"""The command line end to end on tiny settings: exit codes, JSON, files, error lines."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from ddsec.cli import app
+from ddsec.export import load_distilled
+
+runner = CliRunner()
+TINY = ["--model", "test_cnn", "--steps", "2", "--epochs", "1", "--iterations", "2", "--n-models", "2",
+        "--batch-size", "64", "--eval-models", "2", "--quiet"]
+
+
+def last_json(output: str) -> dict:
+    return json.loads(output.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def distilled(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "set.safetensors"
+    result = runner.invoke(app, ["distill", *TINY, "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    return out, last_json(result.stdout)
+
+
+def test_distill_writes_a_loadable_set_and_json(distilled):
+    out, payload = distilled
+    assert payload["output"] == str(out)
+    ev = payload["eval"]
+    assert ev["models"] == 2
+    for key in ("acc_before_mean", "acc_mean", "acc_std"):
+        assert 0.0 <= ev[key] <= 1.0
+    dset = load_distilled(out)
+    assert dset.images.shape == (2, 10, 1, 28, 28)
+    assert dset.meta.task == "distill" and dset.meta.model == "test_cnn" and dset.lrs.shape == (2,)
+    assert dset.meta.config["iterations"] == 2
+    assert not out.with_name(out.name + ".ckpt").exists()
+
+
+def test_eval_json_and_per_step(distilled):
+    out, _ = distilled
+    result = runner.invoke(app, ["eval", str(out), "--models", "3", "--per-step", "--json"])
+    assert result.exit_code == 0, result.output
+    payload = last_json(result.stdout)
+    assert payload["eval"]["models"] == 3
+    assert len(payload["per_step_mean"]) == 3  # T + 1 points
+
+
+def test_show_writes_png(distilled, tmp_path):
+    out, _ = distilled
+    png = tmp_path / "grid.png"
+    result = runner.invoke(app, ["show", str(out), "--png", str(png), "--json"])
+    assert result.exit_code == 0, result.output
+    assert png.stat().st_size > 0
+    assert last_json(result.stdout)["steps"] == 2
+
+
+def test_fixed_init_runs_and_evaluates_on_its_init(tmp_path):
+    out = tmp_path / "fixed.safetensors"
+    result = runner.invoke(app, ["distill", *TINY, "--init", "fixed", "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    assert last_json(result.stdout)["eval"]["models"] == 1
+    again = runner.invoke(app, ["eval", str(out), "--json"])
+    assert last_json(again.stdout)["eval"]["acc_mean"] == pytest.approx(last_json(result.stdout)["eval"]["acc_mean"])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["distill", "--dataset", "imagenet21k"], "unknown dataset"),
+        (["distill", "--model", "resnet9000"], "unknown model"),
+        (["distill", "--ipc", "0"], "--ipc must be at least 1"),
+        (["distill", "--init", "lucky"], "--init must be one of"),
+        (["distill", "--init", "pretrained"], "--weights"),
+        (["distill", "--device", "tpu"], "--device"),
+    ],
+)
+def test_user_errors_are_one_line_exit_1(args, message):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1
+    assert message in result.stderr
+    assert "Traceback" not in result.output and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_missing_dataset_folder_names_it(tmp_path):
+    result = runner.invoke(app, ["distill", "--dataset", "mnist", "--data-dir", str(tmp_path), "--quiet"])
+    assert result.exit_code == 1
+    assert str(tmp_path) in result.stderr and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("command", ["eval", "show"])
+def test_corrupt_and_foreign_files(tmp_path, command):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00" * 10)
+    result = runner.invoke(app, [command, str(bad)])
+    assert result.exit_code == 1 and "bad.safetensors" in result.stderr
+    missing = runner.invoke(app, [command, str(tmp_path / "nope.safetensors")])
+    assert missing.exit_code == 1 and "nope.safetensors" in missing.stderr
+
+
+def test_unfinished_run_is_not_overwritten(tmp_path):
+    out = tmp_path / "set.safetensors"
+    ckpt = tmp_path / "set.safetensors.ckpt"
+    ckpt.write_bytes(b"partial")
+    result = runner.invoke(app, ["distill", *TINY, "--out", str(out)])
+    assert result.exit_code == 1 and "--resume" in result.stderr
+    assert ckpt.read_bytes() == b"partial"
