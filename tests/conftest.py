@@ -10,18 +10,22 @@ import torch
 from torch import nn
 
 from ddsec.engine import SyntheticSet
+from ddsec.models_zoo import create_model
 
 # Tests use tiny models: one thread avoids oversubscription overhead on small CPUs.
 torch.set_num_threads(1)
 
 
 def make_tiny_cnn(num_classes: int = 3, dtype: torch.dtype = torch.float64, seed: int = 0) -> nn.Module:
-    """A smooth (tanh) conv net for 1×6×6 inputs, small enough for float64 finite differences."""
-    torch.manual_seed(seed)
-    model = nn.Sequential(
-        nn.Conv2d(1, 3, 3, padding=1), nn.Tanh(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(12, num_classes)
-    )
+    """The registry's smooth (tanh) ``test_cnn`` for 1×6×6 inputs, small enough for float64 finite differences."""
+    model = create_model("test_cnn", num_classes=num_classes, in_chans=1, image_size=6, init="xavier", seed=seed)
     return model.to(dtype).eval()
+
+
+@pytest.fixture
+def make_cnn():
+    """The factory :func:`make_tiny_cnn`, for tests that need several differently seeded models."""
+    return make_tiny_cnn
 
 
 @pytest.fixture

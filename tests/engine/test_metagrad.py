@@ -7,7 +7,6 @@ import torch
 from torch import nn
 
 from ddsec.engine import SyntheticSet, meta_grad, stack_params
-from tests.conftest import make_tiny_cnn
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -16,11 +15,11 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("keep_graphs", [False, True])
 @pytest.mark.parametrize("stacked", [False, True])
-def test_hvp_matches_autograd_float64(tiny_cnn, tiny_synthetic, real_batch, keep_graphs, stacked):
+def test_hvp_matches_autograd_float64(tiny_cnn, make_cnn, tiny_synthetic, real_batch, keep_graphs, stacked):
     x, y = real_batch
     params = dict(tiny_cnn.named_parameters())
     if stacked:
-        params = stack_params([tiny_cnn, make_tiny_cnn(seed=5)])
+        params = stack_params([tiny_cnn, make_cnn(seed=5)])
     loss_h, img_h, lr_h = meta_grad(tiny_cnn, params, tiny_synthetic, x, y, mode="hvp", keep_graphs=keep_graphs)
     loss_a, img_a, lr_a = meta_grad(tiny_cnn, params, tiny_synthetic, x, y, mode="autograd")
     assert img_h.shape == tiny_synthetic.images.shape and lr_h.shape == (6,)
@@ -56,9 +55,9 @@ def test_gradients_match_finite_differences(tiny_cnn, tiny_synthetic, real_batch
         assert fd == pytest.approx(float(img_grad[index]), rel=1e-5, abs=1e-10)
 
 
-def test_population_gradient_is_mean_of_single_model_gradients(tiny_synthetic, real_batch):
+def test_population_gradient_is_mean_of_single_model_gradients(make_cnn, tiny_synthetic, real_batch):
     x, y = real_batch
-    models = [make_tiny_cnn(seed=s) for s in range(3)]
+    models = [make_cnn(seed=s) for s in range(3)]
     singles = [meta_grad(models[0], dict(m.named_parameters()), tiny_synthetic, x, y) for m in models]
     loss, img, lr = meta_grad(models[0], stack_params(models), tiny_synthetic, x, y)
     assert float(loss) == pytest.approx(sum(float(s[0]) for s in singles) / 3, rel=1e-12)
@@ -66,20 +65,20 @@ def test_population_gradient_is_mean_of_single_model_gradients(tiny_synthetic, r
     assert rel_err(lr, sum(s[2] for s in singles) / 3) < 1e-12
 
 
-def test_vmap_equals_loop(tiny_synthetic, real_batch):
+def test_vmap_equals_loop(make_cnn, tiny_synthetic, real_batch):
     x, y = real_batch
-    population = stack_params([make_tiny_cnn(seed=s) for s in range(4)])
-    model = make_tiny_cnn()
+    population = stack_params([make_cnn(seed=s) for s in range(4)])
+    model = make_cnn()
     by_vmap = meta_grad(model, population, tiny_synthetic, x, y, batching="vmap")
     by_loop = meta_grad(model, population, tiny_synthetic, x, y, batching="loop")
     for a, b in zip(by_vmap, by_loop):
         assert rel_err(a, b) < 1e-12
 
 
-def test_float32_close_to_float64(tiny_cnn, tiny_synthetic, real_batch):
+def test_float32_close_to_float64(tiny_cnn, make_cnn, tiny_synthetic, real_batch):
     x, y = real_batch
     ref = meta_grad(tiny_cnn, dict(tiny_cnn.named_parameters()), tiny_synthetic, x, y)
-    model32 = make_tiny_cnn(dtype=torch.float32)
+    model32 = make_cnn(dtype=torch.float32)
     syn32 = SyntheticSet(tiny_synthetic.images.float(), tiny_synthetic.labels, tiny_synthetic.raw_lrs.float(), 2)
     out = meta_grad(model32, dict(model32.named_parameters()), syn32, x.float(), y)
     assert out[1].dtype == torch.float32

@@ -17,7 +17,11 @@ from ddsec.engine import (
     stack_params,
 )
 from ddsec.errors import DDSecError, NonFiniteError
-from tests.conftest import make_tiny_cnn
+from ddsec.models_zoo import create_model
+
+
+def make_tiny_cnn(seed: int = 0) -> torch.nn.Module:
+    return create_model("test_cnn", num_classes=3, in_chans=1, image_size=6, init="xavier", seed=seed).double().eval()
 
 
 def blobs(n: int = 120, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,7 +137,7 @@ def test_distributions():
     model = make_tiny_cnn()
     gen = torch.Generator().manual_seed(0)
     a = RandomInit(model, "kaiming").sample(3, gen)
-    assert a["0.weight"].shape == (3, 3, 1, 3, 3) and not torch.equal(a["0.weight"][0], a["0.weight"][1])
+    assert a["0.weight"].shape == (3, 4, 1, 3, 3) and not torch.equal(a["0.weight"][0], a["0.weight"][1])
     assert torch.equal(a["0.bias"], torch.zeros_like(a["0.bias"]))
     fixed = FixedInit(dict(model.named_parameters())).sample(2, gen)
     assert torch.equal(fixed["4.weight"][0], fixed["4.weight"][1])

@@ -33,7 +33,8 @@ def _params(model):
 
 def test_exports():
     assert sorted(zoo.__all__) == sorted(
-        ["create_model", "list_models", "load_weights", "register_model", "save_weights"]
+        ["create_model", "list_models", "load_population", "load_weights", "population_metadata",
+         "register_model", "save_population", "save_weights"]
     )
 
 
