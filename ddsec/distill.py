@@ -70,9 +70,9 @@ class DistillConfig:
     population: str | None = None
     heldout_population: str | None = None
     n_models: int = 4
-    iterations: int = 300
-    batch_size: int = 1024
-    lr: float = 0.01
+    iterations: int = 40
+    batch_size: int = 256
+    lr: float = 0.05
     distill_lr: float = 0.02
     decay_every: int | None = None
     decay_factor: float = 0.5
