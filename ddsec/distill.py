@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ddsec.baselines import real_images_per_class
 from ddsec.data import ImageDataset, load_dataset
 from ddsec.engine import (
     INIT_SCHEMES,
@@ -124,23 +125,6 @@ class DistillOutcome:
     evaluation: EvalResult
     losses: torch.Tensor
     seconds: float
-
-
-def real_images_per_class(data: ImageDataset, ipc: int, steps: int, generator: torch.Generator) -> torch.Tensor:
-    """Random real images laid out like a synthetic set: float ``[S, classes·ipc, C, H, W]``, class-major.
-
-    Raises:
-        DDSecError: a class has fewer than ``ipc·steps`` training images.
-    """
-    per_class = []
-    for c in range(data.num_classes):
-        index = (data.labels == c).nonzero().flatten()
-        if index.numel() < ipc * steps:
-            raise DDSecError(f"class {c} of {data.name} has {index.numel()} training images, fewer than"
-                             f" steps × ipc = {steps * ipc}; lower --steps or --ipc, or use --image-init noise")
-        pick = index[torch.randperm(index.numel(), generator=generator)[: ipc * steps]]
-        per_class.append(data.images[pick].view(steps, ipc, *data.image_shape))
-    return torch.cat(per_class, dim=1)
 
 
 def build_model(name: str, data: ImageDataset, **kwargs) -> nn.Module:

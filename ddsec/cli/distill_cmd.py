@@ -8,7 +8,10 @@ from typing import Optional
 import typer
 
 from ddsec.cli.render import err, out, percent, print_json, progress_bar, result_table, user_errors
+from ddsec.distill import DistillConfig as D
+from ddsec.distill import prepare_distill, run_distill
 from ddsec.errors import DDSecError
+from ddsec.export import save_distilled
 
 
 def checkpoint_for(output: Path) -> Path:
@@ -18,42 +21,39 @@ def checkpoint_for(output: Path) -> Path:
 
 @user_errors
 def distill(
-    dataset: str = typer.Option("digits", help="digits (embedded), mnist, usps, svhn, cifar10, imagefolder."),
+    dataset: str = typer.Option(D.dataset, help="digits (embedded), mnist, usps, svhn, cifar10, imagefolder."),
     data_dir: Optional[str] = typer.Option(None, help="Data root (default $DDSEC_DATA, else ~/.cache/ddsec/data); for imagefolder, the tree."),
-    model: str = typer.Option("lenet", help="Registered model (see models_zoo)."),
-    steps: int = typer.Option(10, help="Distinct synthetic step batches S."),
-    epochs: int = typer.Option(3, help="Times the S batches are replayed (T = S × epochs)."),
-    ipc: int = typer.Option(1, help="Images per class in each step batch."),
-    init: str = typer.Option("random", help="p(θ0): random | fixed | pretrained | population."),
-    init_scheme: str = typer.Option("xavier", help="Random init: xavier | kaiming | default."),
-    init_seed: int = typer.Option(0, help="Seed of the fixed init (--init fixed)."),
+    model: str = typer.Option(D.model, help="Registered model (see models_zoo)."),
+    steps: int = typer.Option(D.steps, help="Distinct synthetic step batches S."),
+    epochs: int = typer.Option(D.epochs, help="Times the S batches are replayed (T = S × epochs)."),
+    ipc: int = typer.Option(D.ipc, help="Images per class in each step batch."),
+    init: str = typer.Option(D.init, help="p(θ0): random | fixed | pretrained | population."),
+    init_scheme: str = typer.Option(D.init_scheme, help="Random init: xavier | kaiming | default."),
+    init_seed: int = typer.Option(D.init_seed, help="Seed of the fixed init (--init fixed)."),
     weights: Optional[str] = typer.Option(None, help="Weights file for --init pretrained (.safetensors or .pth)."),
     population: Optional[str] = typer.Option(None, help="Population file for --init population."),
     heldout_population: Optional[str] = typer.Option(None, help="Held-out population for evaluation."),
-    n_models: int = typer.Option(4, help="Initial weights sampled per outer iteration."),
-    iterations: int = typer.Option(40, help="Outer iterations."),
-    batch_size: int = typer.Option(256, help="Real images per outer iteration."),
-    lr: float = typer.Option(0.05, help="Adam learning rate for the images."),
-    distill_lr: float = typer.Option(0.02, help="Initial inner step size."),
+    n_models: int = typer.Option(D.n_models, help="Initial weights sampled per outer iteration."),
+    iterations: int = typer.Option(D.iterations, help="Outer iterations."),
+    batch_size: int = typer.Option(D.batch_size, help="Real images per outer iteration."),
+    lr: float = typer.Option(D.lr, help="Adam learning rate for the images."),
+    distill_lr: float = typer.Option(D.distill_lr, help="Initial inner step size."),
     decay_every: Optional[int] = typer.Option(None, help="Halve the learning rates every this many iterations."),
-    mode: str = typer.Option("hvp", help="Meta-gradient: hvp (back-gradient) | autograd (reference)."),
-    keep_graphs: bool = typer.Option(False, help="hvp: keep each step's graph instead of recomputing it (faster, more memory)."),
-    image_init: str = typer.Option("real", help="Start images from random real ones of each class (real) or noise."),
-    seed: int = typer.Option(0, help="Seed of every random draw."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    mode: str = typer.Option(D.mode, help="Meta-gradient: hvp (back-gradient) | autograd (reference)."),
+    keep_graphs: bool = typer.Option(D.keep_graphs, help="hvp: keep each step's graph instead of recomputing it (faster, more memory)."),
+    image_init: str = typer.Option(D.image_init, help="Start images from random real ones of each class (real) or noise."),
+    seed: int = typer.Option(D.seed, help="Seed of every random draw."),
+    device: str = typer.Option(D.device, help="auto | cpu | cuda."),
     out_path: Optional[Path] = typer.Option(None, "--out", help="Output .safetensors (default distilled/<dataset>-<model>.safetensors)."),
     resume: bool = typer.Option(False, help="Continue an interrupted run from its checkpoint."),
     force: bool = typer.Option(False, help="Start over even if an unfinished run's checkpoint exists."),
-    eval_models: int = typer.Option(20, help="Held-out models for the final evaluation."),
+    eval_models: int = typer.Option(D.eval_models, help="Held-out models for the final evaluation."),
     eval_every: Optional[int] = typer.Option(None, help="Quick held-out accuracy every N iterations (default: 5 times a run)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object as the last line of stdout."),
     quiet: bool = typer.Option(False, help="No progress bar."),
 ) -> None:
     """Distil a dataset into a few synthetic images and learned step sizes."""
-    from ddsec.distill import DistillConfig, prepare_distill, run_distill
-    from ddsec.export import save_distilled
-
-    cfg = DistillConfig(
+    cfg = D(
         dataset=dataset, data_dir=data_dir, model=model, steps=steps, epochs=epochs, ipc=ipc, init=init,
         init_scheme=init_scheme, init_seed=init_seed, weights=weights, population=population,
         heldout_population=heldout_population, n_models=n_models, iterations=iterations,

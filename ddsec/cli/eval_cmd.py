@@ -1,29 +1,73 @@
-"""``ddsec eval``: train held-out models with a distilled set and report their accuracy."""
+"""``ddsec eval``: train held-out models with a distilled set and report their accuracy.
+
+With ``--baseline KIND`` it also evaluates the paper's Table 1 baselines of the same size (see
+:mod:`ddsec.baselines`) on the same held-out models.
+"""
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
+from rich.table import Table
 
-from ddsec.cli.render import err, out, percent, print_json, result_table, user_errors
+from ddsec.cli.render import err, out, percent, print_json, progress_bar, result_table, user_errors
+
+if TYPE_CHECKING:
+    from ddsec.baselines import BaselineResult, Report
+    from ddsec.export import DistilledMeta
+
+BASELINE_HELP = ("Also evaluate a Table 1 baseline of the same size: random | optimized | kmeans | average | knn"
+                 " | all (repeatable). FILE gives the dataset, model, init, steps, epochs, ipc and learned step sizes.")
+
+
+class StageBars:
+    """One rich progress bar per (baseline, stage), opened when that stage first reports."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.stack = ExitStack()
+        self.key: tuple[str, str] | None = None
+        self.update = lambda done: None
+
+    def reporter(self, kind: str) -> Report:
+        """An ``on_progress(stage, done, total)`` callback for baseline ``kind``."""
+
+        def report(stage: str, done: int, total: int) -> None:
+            if (kind, stage) != self.key:
+                self.stack.close()
+                self.key = (kind, stage)
+                self.update = self.stack.enter_context(progress_bar(f"{kind}: {stage}", total, quiet=self.quiet))
+            self.update(done)
+
+        return report
+
+    def close(self) -> None:
+        """Close the open bar, if any."""
+        self.stack.close()
 
 
 @user_errors
 def evaluate(
     file: Path = typer.Argument(..., help="A distilled set (.safetensors) written by ddsec."),
-    models: int = typer.Option(200, help="Held-out models (fresh random inits; 1 for a fixed or pretrained init)."),
+    models: int = typer.Option(200, help="Held-out models (fresh random inits; 1 for a fixed or pretrained init;"
+                                         " baselines: random real draws, k-NN draws)."),
     per_step: bool = typer.Option(False, help="Also print the accuracy after every inner step."),
     data_dir: Optional[str] = typer.Option(None, help="Data root (default $DDSEC_DATA, else ~/.cache/ddsec/data)."),
     heldout_population: Optional[str] = typer.Option(None, help="Held-out population (sets distilled with --init population)."),
     seed: int = typer.Option(1, help="Seed of the held-out draws."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    baseline: Optional[list[str]] = typer.Option(None, help=BASELINE_HELP),
+    quiet: bool = typer.Option(False, help="No progress bars."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object as the last line of stdout."),
 ) -> None:
     """Evaluate a distilled set exactly as distilled (step order, learned step sizes, epochs)."""
+    from ddsec.baselines import check_kinds
     from ddsec.distill import evaluate_distilled_file
 
+    kinds = check_kinds(baseline or [])
     err.print("[dim]training held-out models…[/]")
     result, meta = evaluate_distilled_file(file, n_models=models, per_step=per_step, data_dir=data_dir,
                                  heldout_population=heldout_population, seed=seed, device=device)
@@ -39,8 +83,56 @@ def evaluate(
         curve = [(f"step {t}", percent(float(acc.mean()), float(acc.std()) if acc.numel() > 1 else 0.0))
                  for t, acc in enumerate(result.per_step)]
         out.print(result_table("accuracy after each inner step", curve))
+    baselines = run_baselines(file, kinds, models=models, data_dir=data_dir, heldout_population=heldout_population,
+                              seed=seed, device=device, quiet=quiet) if kinds else {}
+    if baselines:
+        out.print(baseline_table(meta, summary, baselines))
     if json_out:
         payload = {"output": str(file), "eval": summary}
         if result.per_step is not None:
             payload["per_step_mean"] = [round(float(a.mean()), 6) for a in result.per_step]
+        if baselines:
+            payload["baselines"] = {kind: {**r.summary(), "grid": r.grid, "details": r.details}
+                                    for kind, r in baselines.items()}
         print_json(payload)
+
+
+def run_baselines(file: Path, kinds: tuple[str, ...], *, models: int, data_dir: Optional[str],
+                  heldout_population: Optional[str], seed: int, device: str,
+                  quiet: bool) -> dict[str, BaselineResult]:
+    """Rebuild ``file``'s run (data, model, held-out ``p(θ0)``) and evaluate each baseline on it."""
+    from ddsec.baselines import run_baseline
+    from ddsec.distill import config_from_meta, prepare_distill
+    from ddsec.export import load_distilled
+
+    dset = load_distilled(file)
+    cfg = config_from_meta(dset.meta, data_dir=data_dir, heldout_population=heldout_population, device=device)
+    with err.status("loading data and building the model…"):
+        job = prepare_distill(cfg)
+    bars = StageBars(quiet)
+    try:
+        return {kind: run_baseline(kind, model=job.model, heldout=job.heldout, train=job.train, test=job.test,
+                                   steps=dset.steps, epochs=dset.meta.epochs, ipc=dset.meta.ipc,
+                                   learned_lrs=dset.lrs, n_models=models, seed=seed, device=job.device,
+                                   on_progress=bars.reporter(kind))
+                for kind in kinds}
+    finally:
+        bars.close()
+
+
+def baseline_table(meta: DistilledMeta, summary: dict, baselines: dict[str, BaselineResult]) -> Table:
+    """The distilled set's accuracy next to each baseline's (Table 1 of the paper)."""
+    table = Table(title="distilled set vs baselines (step size and epochs selected on test images)",
+                  title_justify="left")
+    for column in ("method", "step size", "epochs", "models", "accuracy"):
+        table.add_column(column, style="bold" if column == "method" else None)
+    table.add_row("distilled (this file)", "learned", str(meta.epochs), str(summary["models"]),
+                  percent(summary["acc_mean"], summary["acc_std"]))
+    for kind, result in baselines.items():
+        s = result.summary()
+        method = "knn (random real)" if kind == "knn" else kind
+        table.add_row(method, *("—" if s[k] is None else str(s[k]) for k in ("lr", "epochs", "models")),
+                      percent(s["acc_mean"], s["acc_std"]))
+        if "kmeans_knn_acc" in result.details:
+            table.add_row("knn (k-means centroids)", "—", "—", "1", percent(result.details["kmeans_knn_acc"]))
+    return table

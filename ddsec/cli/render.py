@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -39,14 +40,24 @@ def user_errors(fn: F) -> F:
 
 @contextmanager
 def progress_bar(description: str, total: int, quiet: bool = False) -> Iterator[Callable[..., None]]:
-    """A rich progress bar on stderr; yields ``update(completed, **fields)``."""
+    """A rich progress bar on stderr; yields ``update(completed, info)``.
+
+    When stderr is not a terminal (a log file, CI), a plain line is printed every 5 % instead,
+    so that long runs stay observable.
+    """
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
-    with Progress(*columns, console=err, disable=quiet, transient=False) as progress:
+    plain = not err.is_terminal and not quiet
+    every = max(1, total // 20)
+    with Progress(*columns, console=err, disable=quiet or plain, transient=False) as progress:
         task = progress.add_task(description, total=total, info="")
+        start = time.perf_counter()
 
         def update(completed: int, info: str = "") -> None:
             progress.update(task, completed=completed, info=info)
+            if plain and (completed % every == 0 or completed == total):
+                err.print(f"{description} {completed}/{total} {info} [{time.perf_counter() - start:.0f} s]",
+                          highlight=False)
 
         yield update
 
