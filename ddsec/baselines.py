@@ -92,17 +92,16 @@ class _Schedule:
 
 
 def check_kinds(kinds: Iterable[str]) -> tuple[str, ...]:
-    """Validated baseline kinds in the order given, ``"all"`` expanded, duplicates dropped.
+    """The baseline kinds asked for (``"all"``: every one), without duplicates, in :data:`BASELINES` order.
 
     Raises:
         DDSecError: an unknown kind.
     """
-    chosen: list[str] = []
-    for kind in kinds:
-        if kind != "all" and kind not in BASELINES:
-            raise DDSecError(f"unknown baseline {kind!r}; choose from {', '.join(BASELINES)} or all")
-        chosen += [k for k in (BASELINES if kind == "all" else (kind,)) if k not in chosen]
-    return tuple(chosen)
+    asked = set(kinds)
+    unknown = sorted(asked - set(BASELINES) - {"all"})
+    if unknown:
+        raise DDSecError(f"unknown baseline {unknown[0]!r}; choose from {', '.join(BASELINES)} or all")
+    return tuple(k for k in BASELINES if k in asked or "all" in asked)
 
 
 def _generator(seed: int, stream: int, index: int = 0) -> torch.Generator:
@@ -162,7 +161,7 @@ def average_images(data: ImageDataset, ipc: int, steps: int) -> Tensor:
 
 
 def knn_accuracy(images: Tensor, labels: Tensor, test: ImageDataset) -> float:
-    """Test accuracy of 1-nearest-neighbour among ``images [S, N, C, H, W]`` labelled ``labels`` (int64 ``[S, N]``)."""
+    """Test accuracy of 1-nearest-neighbour among ``images`` float ``[S, N, C, H, W]``, labels int64 ``[S, N]``."""
     from sklearn.neighbors import KNeighborsClassifier
 
     points = images.reshape(-1, test.images[0].numel()).cpu().numpy()
@@ -263,6 +262,7 @@ def run_baseline(
     grid_images: int = 2000,
     candidates: int = 25,
     kmeans_n_init: int = 3,
+    random_grid: dict[str, float] | None = None,
     on_progress: Report | None = None,
 ) -> BaselineResult:
     """Evaluate one baseline with the size of a distilled set (``S`` steps × ``classes·ipc`` images).
@@ -285,6 +285,8 @@ def run_baseline(
         grid_images: size of the fixed random test subset used for every selection.
         candidates: random sets ``optimized`` scores; it keeps the best :data:`KEEP_FRACTION`.
         kmeans_n_init: k-means restarts per class.
+        random_grid: for ``optimized``, the :attr:`BaselineResult.grid` of a ``random`` run with
+            the same arguments: it is the grid ``optimized`` would search, so the search is skipped.
         on_progress: called as ``on_progress(stage, done, total)`` with stage ``"grid"``,
             ``"candidates"``, ``"evaluate"`` or ``"knn"``.
 
@@ -299,15 +301,17 @@ def run_baseline(
     trainer = _Trainer(model, heldout, class_major_labels(train.num_classes, ipc, steps), seed, device)
     pick = torch.randperm(len(test), generator=_generator(seed, _SELECTION))[:grid_images]
     selection = (test.images[pick], test.labels[pick])
-    if kind in ("random", "optimized"):
-        grid_sets = [(real_images_per_class(train, ipc, steps, _generator(seed, _GRID_SETS, i)), 1)
-                     for i in range(grid_models)]
-    else:
+    images = None
+    if kind in ("kmeans", "average"):
         images = (kmeans_images(train, ipc, steps, seed=seed, n_init=kmeans_n_init) if kind == "kmeans"
                   else average_images(train, ipc, steps))
-        grid_sets = [(images, 1 if fixed else grid_models)]
-    best, grid = _grid_search(trainer, grid_sets, _schedules(steps, epochs, learned_lrs, lrs, epochs_grid),
-                              selection, on_progress)
+    schedules = _schedules(steps, epochs, learned_lrs, lrs, epochs_grid)
+    if kind == "optimized" and random_grid is not None:
+        best, grid = _reuse_grid(schedules, random_grid)
+    else:
+        grid_sets = ([(real_images_per_class(train, ipc, steps, _generator(seed, _GRID_SETS, i)), 1)
+                      for i in range(grid_models)] if images is None else [(images, 1 if fixed else grid_models)])
+        best, grid = _grid_search(trainer, grid_sets, schedules, selection, on_progress)
 
     details: dict[str, float | int] = {}
     final: Iterable[tuple[Tensor, int]]
@@ -316,17 +320,24 @@ def run_baseline(
                  for i in range(n_models))
         total = n_models
     elif kind == "optimized":
+        per_candidate = 1 if fixed else grid_models
         kept, details = _best_candidates(train, steps, ipc, candidates,
-                                         lambda images: trainer.evaluate([(images, 1 if fixed else grid_models)],
-                                                                         best, *selection),
+                                         lambda x: trainer.evaluate([(x, per_candidate)], best, *selection),
                                          seed=seed, report=on_progress)
         counts = [1] * len(kept) if fixed else _spread(n_models, len(kept))
-        final = [(images, m) for images, m in zip(kept, counts) if m > 0]
+        final = [(x, m) for x, m in zip(kept, counts) if m > 0]
         total = len(final)
     else:
         final, total = [(images, 1 if fixed else n_models)], 1
     evaluation = trainer.evaluate(final, best, test.images, test.labels, report=on_progress, total=total)
     return BaselineResult(kind, evaluation, best.lr, best.epochs, grid, details)
+
+
+def _reuse_grid(schedules: list[_Schedule], grid: dict[str, float]) -> tuple[_Schedule, dict[str, float]]:
+    """The best schedule of an already searched ``grid`` (which must have exactly these cells)."""
+    if set(grid) != {s.key for s in schedules}:
+        raise DDSecError(f"random_grid has cells {sorted(grid)}, not this grid's {[s.key for s in schedules]}")
+    return max(schedules, key=lambda s: grid[s.key]), dict(grid)
 
 
 def _grid_search(
@@ -382,7 +393,8 @@ def _knn_baseline(
     labels = class_major_labels(train.num_classes, ipc, steps)
     accs = []
     for i in range(n_models):
-        accs.append(knn_accuracy(real_images_per_class(train, ipc, steps, _generator(seed, _FINAL_SETS, i)), labels, test))
+        images = real_images_per_class(train, ipc, steps, _generator(seed, _FINAL_SETS, i))
+        accs.append(knn_accuracy(images, labels, test))
         if report is not None:
             report("knn", i + 1, n_models)
     centroids = kmeans_images(train, ipc, steps, seed=seed, n_init=kmeans_n_init)

@@ -60,6 +60,8 @@ def evaluate(
     seed: int = typer.Option(1, help="Seed of the held-out draws."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     baseline: Optional[list[str]] = typer.Option(None, help=BASELINE_HELP),
+    grid_models: int = typer.Option(5, help="Baselines: models per step-size × epochs cell and per optimized candidate."),
+    candidates: int = typer.Option(25, help="Baseline optimized: random real sets scored (the best 20% are kept)."),
     quiet: bool = typer.Option(False, help="No progress bars."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object as the last line of stdout."),
 ) -> None:
@@ -83,8 +85,9 @@ def evaluate(
         curve = [(f"step {t}", percent(float(acc.mean()), float(acc.std()) if acc.numel() > 1 else 0.0))
                  for t, acc in enumerate(result.per_step)]
         out.print(result_table("accuracy after each inner step", curve))
-    baselines = run_baselines(file, kinds, models=models, data_dir=data_dir, heldout_population=heldout_population,
-                              seed=seed, device=device, quiet=quiet) if kinds else {}
+    baselines = run_baselines(file, kinds, models=models, grid_models=grid_models, candidates=candidates,
+                              data_dir=data_dir, heldout_population=heldout_population, seed=seed, device=device,
+                              quiet=quiet) if kinds else {}
     if baselines:
         out.print(baseline_table(meta, summary, baselines))
     if json_out:
@@ -97,8 +100,8 @@ def evaluate(
         print_json(payload)
 
 
-def run_baselines(file: Path, kinds: tuple[str, ...], *, models: int, data_dir: Optional[str],
-                  heldout_population: Optional[str], seed: int, device: str,
+def run_baselines(file: Path, kinds: tuple[str, ...], *, models: int, grid_models: int, candidates: int,
+                  data_dir: Optional[str], heldout_population: Optional[str], seed: int, device: str,
                   quiet: bool) -> dict[str, BaselineResult]:
     """Rebuild ``file``'s run (data, model, held-out ``p(θ0)``) and evaluate each baseline on it."""
     from ddsec.baselines import run_baseline
@@ -110,14 +113,18 @@ def run_baselines(file: Path, kinds: tuple[str, ...], *, models: int, data_dir: 
     with err.status("loading data and building the model…"):
         job = prepare_distill(cfg)
     bars = StageBars(quiet)
+    results: dict[str, BaselineResult] = {}
     try:
-        return {kind: run_baseline(kind, model=job.model, heldout=job.heldout, train=job.train, test=job.test,
-                                   steps=dset.steps, epochs=dset.meta.epochs, ipc=dset.meta.ipc,
-                                   learned_lrs=dset.lrs, n_models=models, seed=seed, device=job.device,
-                                   on_progress=bars.reporter(kind))
-                for kind in kinds}
+        for kind in kinds:  # random comes before optimized, which reuses its grid
+            results[kind] = run_baseline(
+                kind, model=job.model, heldout=job.heldout, train=job.train, test=job.test, steps=dset.steps,
+                epochs=dset.meta.epochs, ipc=dset.meta.ipc, learned_lrs=dset.lrs, n_models=models, seed=seed,
+                device=job.device, grid_models=grid_models, candidates=candidates,
+                random_grid=results["random"].grid if "random" in results else None,
+                on_progress=bars.reporter(kind))
     finally:
         bars.close()
+    return results
 
 
 def baseline_table(meta: DistilledMeta, summary: dict, baselines: dict[str, BaselineResult]) -> Table:

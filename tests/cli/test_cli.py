@@ -109,3 +109,26 @@ def test_unfinished_run_is_not_overwritten(tmp_path):
     result = runner.invoke(app, ["distill", *TINY, "--out", str(out)])
     assert result.exit_code == 1 and "--resume" in result.stderr
     assert ckpt.read_bytes() == b"partial"
+
+
+def test_eval_with_baselines_adds_them_to_the_json(distilled):
+    out, _ = distilled
+    result = runner.invoke(app, ["eval", str(out), "--models", "2", "--baseline", "random", "--baseline", "knn",
+                                 "--grid-models", "1", "--quiet", "--json"])
+    assert result.exit_code == 0, result.output
+    payload = last_json(result.stdout)
+    assert payload["output"] == str(out) and payload["eval"]["models"] == 2
+    assert set(payload["baselines"]) == {"random", "knn"}
+    random_real = payload["baselines"]["random"]
+    assert {"acc_mean", "acc_std", "acc_before_mean", "models", "lr", "epochs"} <= set(random_real)
+    assert random_real["models"] == 2 and 0.0 <= random_real["acc_mean"] <= 1.0
+    assert f"lr={random_real['lr']},epochs={random_real['epochs']}" in random_real["grid"]
+    assert payload["baselines"]["knn"]["lr"] is None
+
+
+def test_unknown_baseline_is_one_line_exit_1(distilled):
+    out, _ = distilled
+    result = runner.invoke(app, ["eval", str(out), "--baseline", "best"])
+    assert result.exit_code == 1
+    assert "unknown baseline 'best'" in result.stderr and "random, optimized, kmeans, average, knn" in result.stderr
+    assert "Traceback" not in result.output and len(result.stderr.strip().splitlines()) == 1
