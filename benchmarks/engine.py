@@ -2,7 +2,7 @@
 
 Cases (the foundation issue's):
   (a) LeNet, MNIST-shaped 1×28×28, 10 steps × 3 epochs × 10 images, real batch 1024;
-  (b) AlexCifarNet, CIFAR-shaped 3×32×32, 10 steps × 3 epochs × 10 images, real batch 1024.
+  (b) AlexCifarNet, CIFAR-shaped 3×32×32, 10 steps × 3 epochs × 10 images, real batch 256.
 For each: ``hvp`` (recompute), ``hvp`` keeping step graphs, and ``autograd``, over 4 sampled
 models with ``vmap`` and with a Python ``loop``.
 
@@ -25,7 +25,7 @@ import time
 
 CASES = {
     "a": dict(model="lenet", shape=(1, 28, 28), steps=10, epochs=3, ipc=1, batch=1024),
-    "b": dict(model="alexcifarnet", shape=(3, 32, 32), steps=10, epochs=3, ipc=1, batch=1024),
+    "b": dict(model="alexcifarnet", shape=(3, 32, 32), steps=10, epochs=3, ipc=1, batch=256),
 }
 VARIANTS = [("hvp", False), ("hvp", True), ("autograd", False)]
 

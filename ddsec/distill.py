@@ -74,6 +74,7 @@ class DistillConfig:
     iterations: int = 40
     batch_size: int = 256
     lr: float = 0.05
+    lr_step_sizes: float | None = None  # None: the same as lr
     distill_lr: float = 0.02
     decay_every: int | None = None
     decay_factor: float = 0.5
@@ -91,7 +92,8 @@ class DistillConfig:
         for flag, value in positive.items():
             if value < 1:
                 raise DDSecError(f"{flag} must be at least 1, got {value}")
-        for flag, value in {"--lr": self.lr, "--distill-lr": self.distill_lr}.items():
+        rates = {"--lr": self.lr, "--distill-lr": self.distill_lr, "--lr-step-sizes": self.lr if self.lr_step_sizes is None else self.lr_step_sizes}
+        for flag, value in rates.items():
             if not value > 0:
                 raise DDSecError(f"{flag} must be positive, got {value}")
         if self.init not in INIT_KINDS:
@@ -112,7 +114,7 @@ class DistillConfig:
     def fingerprint(self) -> dict:
         """Settings that must not change when a run is resumed."""
         keep = ("dataset", "model", "steps", "epochs", "ipc", "init", "init_scheme", "init_seed",
-                "weights", "population", "n_models", "batch_size", "lr", "distill_lr", "decay_every",
+                "weights", "population", "n_models", "batch_size", "lr", "lr_step_sizes", "distill_lr", "decay_every",
                 "decay_factor", "mode", "image_init", "seed")
         return {k: v for k, v in asdict(self).items() if k in keep}
 
@@ -218,7 +220,8 @@ def run_distill(
 
     start = time.perf_counter()
     result = distill(
-        objective, synthetic, iterations=cfg.iterations, n_models=cfg.n_models, lr=cfg.lr,
+        objective, synthetic, iterations=cfg.iterations, n_models=1 if fixed_init else cfg.n_models, lr=cfg.lr,
+        lr_step_sizes=cfg.lr_step_sizes,
         decay_every=cfg.decay_every, decay_factor=cfg.decay_factor, mode=cfg.mode,
         keep_graphs=cfg.keep_graphs, seed=cfg.seed,
         checkpoint_path=checkpoint_path, resume=resume, fingerprint=cfg.fingerprint(),
