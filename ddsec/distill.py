@@ -251,20 +251,17 @@ def config_from_meta(meta: DistilledMeta, **overrides) -> DistillConfig:
         raise DDSecError(f"the file's stored config is not usable ({exc})") from None
 
 
-def evaluate_distilled_file(
+def prepare_eval(
     path: str | Path,
     *,
-    n_models: int,
-    per_step: bool = False,
     data_dir: str | None = None,
     heldout_population: str | None = None,
-    seed: int = 1,
     device: str = "auto",
-) -> tuple[EvalResult, DistilledMeta]:
-    """Evaluate an exported distilled set on held-out models drawn as its run's config says.
+) -> tuple[DistilledSet, DistillJob]:
+    """Load an exported distilled set and rebuild its run: data, model and held-out ``p(θ0)``.
 
-    Random-init sets get ``n_models`` fresh inits; fixed and pretrained ones their own init
-    (one model); population ones a held-out population.
+    Random-init sets are evaluated on fresh inits, fixed and pretrained ones on their own init,
+    population ones on a held-out population.
     """
     from ddsec.export import load_distilled
 
@@ -272,16 +269,21 @@ def evaluate_distilled_file(
     if dset.meta.task != "distill":
         raise DDSecError(f"{path} is a {dset.meta.task} set; evaluate it with `ddsec {dset.meta.task}`")
     cfg = config_from_meta(dset.meta, data_dir=data_dir, heldout_population=heldout_population, device=device)
-    torch_device = resolve_device(cfg.device)
-    test = load_dataset(cfg.dataset, train=False, root=cfg.data_dir)
-    if tuple(test.image_shape) != tuple(dset.images.shape[2:]):
-        raise DDSecError(f"{path} holds {tuple(dset.images.shape[2:])} images but {cfg.dataset} gives {test.image_shape}")
-    model, _, heldout = build_inits(cfg, test, torch_device)
-    synthetic = SyntheticSet.from_lrs(dset.images.to(torch_device), dset.labels.to(torch_device),
-                                      dset.lrs.to(torch_device), dset.meta.epochs)
-    result = evaluate_synthetic(
-        model, heldout, synthetic, test.images, test.labels,
-        n_models=1 if cfg.init in ("fixed", "pretrained") else n_models, per_step=per_step,
+    job = prepare_distill(cfg)
+    if tuple(job.test.image_shape) != tuple(dset.images.shape[2:]):
+        raise DDSecError(f"{path} holds {tuple(dset.images.shape[2:])} images but {cfg.dataset} gives"
+                         f" {job.test.image_shape}")
+    return dset, job
+
+
+def evaluate_distilled(
+    dset: DistilledSet, job: DistillJob, *, n_models: int, per_step: bool = False, seed: int = 1
+) -> EvalResult:
+    """Train held-out models with ``dset`` exactly as distilled and test them on ``job``'s test split."""
+    synthetic = SyntheticSet.from_lrs(dset.images.to(job.device), dset.labels.to(job.device),
+                                      dset.lrs.to(job.device), dset.meta.epochs)
+    return evaluate_synthetic(
+        job.model, job.heldout, synthetic, job.test.images, job.test.labels,
+        n_models=1 if job.cfg.init in ("fixed", "pretrained") else n_models, per_step=per_step,
         generator=torch.Generator().manual_seed(seed),
     )
-    return result, dset.meta

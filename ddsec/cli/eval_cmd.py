@@ -17,7 +17,8 @@ from ddsec.cli.render import err, out, percent, print_json, progress_bar, result
 
 if TYPE_CHECKING:
     from ddsec.baselines import BaselineResult, Report
-    from ddsec.export import DistilledMeta
+    from ddsec.distill import DistillJob
+    from ddsec.export import DistilledMeta, DistilledSet
 
 BASELINE_HELP = ("Also evaluate a Table 1 baseline of the same size: random | optimized | kmeans | average | knn"
                  " | all (repeatable). FILE gives the dataset, model, init, steps, epochs, ipc and learned step sizes.")
@@ -67,12 +68,14 @@ def evaluate(
 ) -> None:
     """Evaluate a distilled set exactly as distilled (step order, learned step sizes, epochs)."""
     from ddsec.baselines import check_kinds
-    from ddsec.distill import evaluate_distilled_file
+    from ddsec.distill import evaluate_distilled, prepare_eval
 
     kinds = check_kinds(baseline or [])
-    err.print("[dim]training held-out models…[/]")
-    result, meta = evaluate_distilled_file(file, n_models=models, per_step=per_step, data_dir=data_dir,
-                                 heldout_population=heldout_population, seed=seed, device=device)
+    with err.status("loading the set and the data…"):
+        dset, job = prepare_eval(file, data_dir=data_dir, heldout_population=heldout_population, device=device)
+    meta = dset.meta
+    with err.status("training held-out models…"):
+        result = evaluate_distilled(dset, job, n_models=models, per_step=per_step, seed=seed)
     summary = result.summary()
     rows = [
         ("file", str(file)),
@@ -85,9 +88,8 @@ def evaluate(
         curve = [(f"step {t}", percent(float(acc.mean()), float(acc.std()) if acc.numel() > 1 else 0.0))
                  for t, acc in enumerate(result.per_step)]
         out.print(result_table("accuracy after each inner step", curve))
-    baselines = run_baselines(file, kinds, models=models, grid_models=grid_models, candidates=candidates,
-                              data_dir=data_dir, heldout_population=heldout_population, seed=seed, device=device,
-                              quiet=quiet) if kinds else {}
+    baselines = run_baselines(dset, job, kinds, models=models, grid_models=grid_models, candidates=candidates,
+                              seed=seed, quiet=quiet) if kinds else {}
     if baselines:
         out.print(baseline_table(meta, summary, baselines))
     if json_out:
@@ -100,18 +102,11 @@ def evaluate(
         print_json(payload)
 
 
-def run_baselines(file: Path, kinds: tuple[str, ...], *, models: int, grid_models: int, candidates: int,
-                  data_dir: Optional[str], heldout_population: Optional[str], seed: int, device: str,
-                  quiet: bool) -> dict[str, BaselineResult]:
-    """Rebuild ``file``'s run (data, model, held-out ``p(θ0)``) and evaluate each baseline on it."""
+def run_baselines(dset: DistilledSet, job: DistillJob, kinds: tuple[str, ...], *, models: int, grid_models: int,
+                  candidates: int, seed: int, quiet: bool) -> dict[str, BaselineResult]:
+    """Evaluate each baseline on ``dset``'s run (same data, model and held-out ``p(θ0)``)."""
     from ddsec.baselines import run_baseline
-    from ddsec.distill import config_from_meta, prepare_distill
-    from ddsec.export import load_distilled
 
-    dset = load_distilled(file)
-    cfg = config_from_meta(dset.meta, data_dir=data_dir, heldout_population=heldout_population, device=device)
-    with err.status("loading data and building the model…"):
-        job = prepare_distill(cfg)
     bars = StageBars(quiet)
     results: dict[str, BaselineResult] = {}
     try:
