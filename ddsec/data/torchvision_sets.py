@@ -38,6 +38,7 @@ from __future__ import annotations
 import bz2
 import os
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -99,6 +100,38 @@ def _download(url: str, folder: Path, filename: str, md5: str, name: str) -> Non
 
 def _split_name(train: bool) -> str:
     return "train" if train else "test"
+
+
+def _load_split_file(
+    name: str,
+    split_list: dict[str, list[str]],
+    reader: Callable[[Path], tuple[torch.Tensor, torch.Tensor]],
+    stats: tuple[tuple[float, ...], tuple[float, ...]],
+    *,
+    train: bool,
+    root: str | os.PathLike[str] | None,
+    download: bool,
+    image_size: int | None,
+    channels: int | None,
+) -> ImageDataset:
+    """A digit dataset kept as one file per split in ``<root>/<name>/`` (USPS, SVHN).
+
+    Args:
+        split_list: torchvision's ``{split: [url, filename, md5]}`` for the dataset.
+        reader: parses the file into pixels float ``[N, C, H, W]`` in [0, 1] and labels int64 ``[N]``.
+        stats: the fixed per-channel ``(mean, std)``.
+    """
+    check_size_and_channels(image_size, channels)
+    folder = data_root(root) / name
+    url, filename, md5 = split_list[_split_name(train)]
+    path = folder / filename
+    if download and not path.is_file():
+        _download(url, folder, filename, md5, name.upper())
+    if not path.is_file():
+        raise _not_found(name.upper(), folder, filename)
+    pixels, labels = reader(path)
+    return build_dataset(name, pixels, labels, class_names=_DIGIT_NAMES, mean=stats[0], std=stats[1],
+                         image_size=image_size, channels=channels)
 
 
 def load_mnist(
@@ -229,25 +262,8 @@ def load_usps(
     """
     from torchvision.datasets import USPS
 
-    check_size_and_channels(image_size, channels)
-    folder = data_root(root) / "usps"
-    url, filename, md5 = USPS.split_list[_split_name(train)]
-    path = folder / filename
-    if download and not path.is_file():
-        _download(url, folder, filename, md5, "USPS")
-    if not path.is_file():
-        raise _not_found("USPS", folder, filename)
-    pixels, labels = read_usps_libsvm(path)
-    return build_dataset(
-        "usps",
-        pixels,
-        labels,
-        class_names=_DIGIT_NAMES,
-        mean=USPS_STATS[0],
-        std=USPS_STATS[1],
-        image_size=image_size,
-        channels=channels,
-    )
+    return _load_split_file("usps", USPS.split_list, read_usps_libsvm, USPS_STATS, train=train, root=root,
+                            download=download, image_size=image_size, channels=channels)
 
 
 def read_svhn_mat(path: str | os.PathLike[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -321,25 +337,8 @@ def load_svhn(
     """
     from torchvision.datasets import SVHN
 
-    check_size_and_channels(image_size, channels)
-    folder = data_root(root) / "svhn"
-    url, filename, md5 = SVHN.split_list[_split_name(train)]
-    path = folder / filename
-    if download and not path.is_file():
-        _download(url, folder, filename, md5, "SVHN")
-    if not path.is_file():
-        raise _not_found("SVHN", folder, filename)
-    pixels, labels = read_svhn_mat(path)
-    return build_dataset(
-        "svhn",
-        pixels,
-        labels,
-        class_names=_DIGIT_NAMES,
-        mean=SVHN_STATS[0],
-        std=SVHN_STATS[1],
-        image_size=image_size,
-        channels=channels,
-    )
+    return _load_split_file("svhn", SVHN.split_list, read_svhn_mat, SVHN_STATS, train=train, root=root,
+                            download=download, image_size=image_size, channels=channels)
 
 
 def load_cifar10(

@@ -75,18 +75,23 @@ def test_resume_refuses_other_settings(tmp_path):
         distill(objective(), start_set(), iterations=4, checkpoint_path=ckpt, resume=True, fingerprint={"ipc": 2})
 
 
-def test_nan_stops_with_last_good_state_saved(tmp_path):
-    ckpt = tmp_path / "run.ckpt.safetensors"
-    obj = objective("fixed")
+def corrupt_batch(obj: ClassificationObjective, call: int, value: float) -> ClassificationObjective:
+    """Make the ``call``-th real batch of ``obj`` all ``value`` (NaN or inf)."""
     calls = {"n": 0}
     sample = obj.batches.sample
 
-    def poisoned(generator):
+    def corrupted(generator):
         calls["n"] += 1
         x, y = sample(generator)
-        return (x * float("nan"), y) if calls["n"] == 3 else (x, y)
+        return (x * value, y) if calls["n"] == call else (x, y)
 
-    obj.batches.sample = poisoned
+    obj.batches.sample = corrupted
+    return obj
+
+
+def test_nan_stops_with_last_good_state_saved(tmp_path):
+    ckpt = tmp_path / "run.ckpt.safetensors"
+    obj = corrupt_batch(objective("fixed"), call=3, value=float("nan"))
     with pytest.raises(NonFiniteError, match="iteration 3.*saved in"):
         distill(obj, start_set(), iterations=10, checkpoint_path=ckpt, checkpoint_every=100)
     state = load_checkpoint(ckpt)
@@ -95,16 +100,7 @@ def test_nan_stops_with_last_good_state_saved(tmp_path):
 
 
 def test_backoff_skips_bad_iteration_and_halves_lr():
-    obj = objective("fixed")
-    calls = {"n": 0}
-    sample = obj.batches.sample
-
-    def poisoned(generator):
-        calls["n"] += 1
-        x, y = sample(generator)
-        return (x * float("inf"), y) if calls["n"] == 2 else (x, y)
-
-    obj.batches.sample = poisoned
+    obj = corrupt_batch(objective("fixed"), call=2, value=float("inf"))
     events = []
     result = distill(obj, start_set(), iterations=4, lr=0.05, on_nonfinite="backoff",
                      on_progress=lambda p: events.append((p.event, p.lr)))
