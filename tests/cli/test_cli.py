@@ -132,3 +132,16 @@ def test_unknown_baseline_is_one_line_exit_1(distilled):
     assert result.exit_code == 1
     assert "unknown baseline 'best'" in result.stderr and "random, optimized, kmeans, average, knn" in result.stderr
     assert "Traceback" not in result.output and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.realdata
+def test_distill_and_eval_on_real_mnist(data_root, tmp_path):
+    out = tmp_path / "mnist.safetensors"
+    result = runner.invoke(app, ["distill", *TINY, "--dataset", "mnist", "--data-dir", str(data_root),
+                                 "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    payload = last_json(result.stdout)
+    assert payload["eval"]["models"] == 2 and 0.0 <= payload["eval"]["acc_mean"] <= 1.0
+    again = runner.invoke(app, ["eval", str(out), "--models", "2", "--data-dir", str(data_root), "--json"])
+    assert again.exit_code == 0, again.output
+    assert last_json(again.stdout)["eval"]["models"] == 2
