@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from ddsec.data import ImageDataset
-from ddsec.engine import InitDistribution, SyntheticSet, class_major_labels
+from ddsec.engine import FIXED_KINDS, InitDistribution, SyntheticSet, class_major_labels
 from ddsec.errors import DDSecError
 from ddsec.evaluate import EvalResult, evaluate_synthetic
 
@@ -297,7 +297,7 @@ def run_baseline(
     if kind == "knn":
         return _knn_baseline(train, test, steps, ipc, n_models=n_models, seed=seed, kmeans_n_init=kmeans_n_init,
                              report=on_progress)
-    fixed = heldout.kind in ("fixed", "pretrained")
+    fixed = heldout.kind in FIXED_KINDS
     trainer = _Trainer(model, heldout, class_major_labels(train.num_classes, ipc, steps), seed, device)
     pick = torch.randperm(len(test), generator=_generator(seed, _SELECTION))[:grid_images]
     selection = (test.images[pick], test.labels[pick])

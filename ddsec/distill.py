@@ -19,6 +19,7 @@ from torch import nn
 from ddsec.baselines import real_images_per_class
 from ddsec.data import ImageDataset, load_dataset
 from ddsec.engine import (
+    FIXED_KINDS,
     INIT_SCHEMES,
     MODES,
     ClassificationObjective,
@@ -30,6 +31,7 @@ from ddsec.engine import (
     RealBatches,
     SyntheticSet,
     distill,
+    distinct_draws,
 )
 from ddsec.errors import DDSecError
 from ddsec.evaluate import EvalResult, evaluate_synthetic
@@ -140,7 +142,7 @@ def build_inits(cfg: DistillConfig, data: ImageDataset, device: torch.device) ->
     if cfg.init == "random":
         model = build_model(cfg.model, data).to(device)
         return model, RandomInit(model, cfg.init_scheme), RandomInit(model, cfg.init_scheme)
-    if cfg.init in ("fixed", "pretrained"):
+    if cfg.init in FIXED_KINDS:
         model = build_model(cfg.model, data, init=cfg.init_scheme, seed=cfg.init_seed,
                             checkpoint=cfg.weights if cfg.init == "pretrained" else None).to(device)
         fixed = FixedInit(dict(model.named_parameters()), kind=cfg.init)
@@ -203,7 +205,6 @@ def run_distill(
     if cfg.image_init == "real":
         synthetic.images = real_images_per_class(train, cfg.ipc, cfg.steps, generator).to(device)
     objective = ClassificationObjective(model, job.init, RealBatches(train.images, train.labels, cfg.batch_size, device))
-    fixed_init = cfg.init in ("fixed", "pretrained")
     quick = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:2000]
 
     def report(progress: Progress) -> None:
@@ -213,14 +214,14 @@ def run_distill(
         if eval_every and (progress.iteration % eval_every == 0 or progress.iteration == progress.iterations):
             accuracy = float(evaluate_synthetic(
                 model, heldout, progress.synthetic, test.images[quick], test.labels[quick],
-                n_models=1 if fixed_init else min(5, cfg.eval_models),
+                n_models=distinct_draws(heldout, min(5, cfg.eval_models)),
                 generator=torch.Generator().manual_seed(cfg.seed + 7),
             ).after.mean())
         on_progress(progress, accuracy)
 
     start = time.perf_counter()
     result = distill(
-        objective, synthetic, iterations=cfg.iterations, n_models=1 if fixed_init else cfg.n_models, lr=cfg.lr,
+        objective, synthetic, iterations=cfg.iterations, n_models=distinct_draws(job.init, cfg.n_models), lr=cfg.lr,
         lr_step_sizes=cfg.lr_step_sizes,
         decay_every=cfg.decay_every, decay_factor=cfg.decay_factor, mode=cfg.mode,
         keep_graphs=cfg.keep_graphs, seed=cfg.seed,
@@ -230,7 +231,7 @@ def run_distill(
     seconds = time.perf_counter() - start
     evaluation = evaluate_synthetic(
         model, heldout, result.synthetic, test.images, test.labels,
-        n_models=1 if fixed_init else cfg.eval_models,
+        n_models=distinct_draws(heldout, cfg.eval_models),
         generator=torch.Generator().manual_seed(cfg.seed + 1_000_003),
     )
     meta = DistilledMeta(
@@ -243,7 +244,7 @@ def run_distill(
 
 def config_from_meta(meta: DistilledMeta, **overrides) -> DistillConfig:
     """The :class:`DistillConfig` stored in a distilled set's metadata, with ``overrides``."""
-    known = {f for f in DistillConfig.__dataclass_fields__}
+    known = set(DistillConfig.__dataclass_fields__)
     stored = {k: v for k, v in meta.config.items() if k in known}
     try:
         return DistillConfig(**{**stored, **{k: v for k, v in overrides.items() if v is not None}})
@@ -284,6 +285,6 @@ def evaluate_distilled(
                                       dset.lrs.to(job.device), dset.meta.epochs)
     return evaluate_synthetic(
         job.model, job.heldout, synthetic, job.test.images, job.test.labels,
-        n_models=1 if job.cfg.init in ("fixed", "pretrained") else n_models, per_step=per_step,
+        n_models=distinct_draws(job.heldout, n_models), per_step=per_step,
         generator=torch.Generator().manual_seed(seed),
     )

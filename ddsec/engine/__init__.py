@@ -5,7 +5,14 @@ types; the front ends (distill, poison, adapt) build on it.
 """
 
 from ddsec.engine.checkpoint import LoopState, load_checkpoint, save_checkpoint
-from ddsec.engine.distributions import FixedInit, InitDistribution, PopulationInit, RandomInit
+from ddsec.engine.distributions import (
+    FIXED_KINDS,
+    FixedInit,
+    InitDistribution,
+    PopulationInit,
+    RandomInit,
+    distinct_draws,
+)
 from ddsec.engine.init import INIT_SCHEMES, init_module_, init_tensors
 from ddsec.engine.metagrad import MODES, meta_grad
 from ddsec.engine.objective import ClassificationObjective, Objective, RealBatches
@@ -21,6 +28,7 @@ from ddsec.engine.synthetic import SyntheticSet, class_major_labels, inverse_sof
 from ddsec.engine.unroll import unroll
 
 __all__ = [
+    "FIXED_KINDS",
     "INIT_SCHEMES",
     "MODES",
     "ClassificationObjective",
@@ -36,6 +44,7 @@ __all__ = [
     "SyntheticSet",
     "class_major_labels",
     "distill",
+    "distinct_draws",
     "init_module_",
     "init_tensors",
     "inverse_softplus",

@@ -28,6 +28,15 @@ class InitDistribution(Protocol):
         ...
 
 
+FIXED_KINDS = ("fixed", "pretrained")
+"""Kinds of ``p(θ0)`` whose every draw is the same model."""
+
+
+def distinct_draws(init: InitDistribution, n: int) -> int:
+    """How many of ``n`` draws from ``init`` differ: 1 for fixed and pretrained inits, else ``n``."""
+    return 1 if init.kind in FIXED_KINDS else n
+
+
 class RandomInit:
     """Fresh random weights every draw (``xavier``, ``kaiming`` or ``default`` scheme).
 
@@ -60,7 +69,7 @@ class FixedInit:
     """
 
     def __init__(self, params: Mapping[str, Tensor], kind: str = "fixed") -> None:
-        if kind not in ("fixed", "pretrained"):
+        if kind not in FIXED_KINDS:
             raise ValueError(f"kind must be 'fixed' or 'pretrained', got {kind!r}")
         self.params = {k: v.detach() for k, v in params.items()}
         self.kind = kind
