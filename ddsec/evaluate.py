@@ -91,6 +91,8 @@ def evaluate_synthetic(
         n_models: how many models; trained ``chunk`` at a time.
         generator: drives the draws from ``init``.
         per_step: also record accuracy after every inner step.
+        chunk: models trained together.
+        batching: how the unroll runs the chunk's models (``auto``, ``vmap`` or ``loop``).
     """
     if n_models < 1:
         raise ValueError(f"n_models must be at least 1, got {n_models}")

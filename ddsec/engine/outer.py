@@ -15,7 +15,7 @@ learning rate, at most ``max_backoffs`` times in a row).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -60,7 +60,7 @@ class DistillResult:
     synthetic: SyntheticSet
     losses: Tensor
     resumed_from: int = 0
-    backoffs: int = field(default=0)
+    backoffs: int = 0
 
 
 def _adam_state(optimizer: torch.optim.Adam) -> dict[str, Tensor]:
