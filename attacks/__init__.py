@@ -1,6 +1,28 @@
-"""K→T poisoning front end (``ddsec poison``): not implemented yet.
+"""K→T poisoning with distilled data (``ddsec poison``). Import as ``ddsec.attacks``.
 
-Planned (issue 4): an objective that replaces every label K with T on real batches, trained over
-a population of pretrained classifiers (Wang et al., arXiv 1811.10959, §3.4), with attack metrics
-and label-flip baselines. Importable as ``ddsec.attacks`` only.
+Wang et al., "Dataset Distillation" (arXiv 1811.10959), §3.4: a few distilled images such that
+one SGD step on them makes already-trained classifiers predict class ``K`` as ``T`` while the
+other classes stay right. :mod:`~ddsec.attacks.poison` learns the batch over a population of
+pretrained models, :mod:`~ddsec.attacks.metrics` measures it on held-out ones, and
+:mod:`~ddsec.attacks.baselines` gives the label-flip baselines of the same size.
 """
+
+from ddsec.attacks.baselines import FLIP_KINDS, FlipResult, run_flip_baseline
+from ddsec.attacks.metrics import AttackMetrics, AttackResult, attack_metrics, evaluate_attack, relabel
+from ddsec.attacks.poison import PoisonConfig, PoisonJob, PoisonOutcome, prepare_poison, run_poison
+
+__all__ = [
+    "FLIP_KINDS",
+    "AttackMetrics",
+    "AttackResult",
+    "FlipResult",
+    "PoisonConfig",
+    "PoisonJob",
+    "PoisonOutcome",
+    "attack_metrics",
+    "evaluate_attack",
+    "prepare_poison",
+    "relabel",
+    "run_flip_baseline",
+    "run_poison",
+]

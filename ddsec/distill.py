@@ -23,8 +23,10 @@ from ddsec.engine import (
     INIT_SCHEMES,
     MODES,
     ClassificationObjective,
+    DistillResult,
     FixedInit,
     InitDistribution,
+    Objective,
     PopulationInit,
     Progress,
     RandomInit,
@@ -62,6 +64,7 @@ class DistillConfig:
 
     dataset: str = "digits"
     data_dir: str | None = None
+    download: bool = False
     model: str = "lenet"
     steps: int = 10
     epochs: int = 3
@@ -108,8 +111,6 @@ class DistillConfig:
             raise DDSecError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.init == "pretrained" and not self.weights:
             raise DDSecError("--init pretrained needs --weights PATH (a .safetensors or .pth state dict)")
-        if self.init == "population" and not self.population:
-            raise DDSecError("--init population needs --population PATH (see `ddsec zoo`)")
         if self.decay_every is not None and self.decay_every < 1:
             raise DDSecError(f"--decay-every must be at least 1, got {self.decay_every}")
 
@@ -147,11 +148,13 @@ def build_inits(cfg: DistillConfig, data: ImageDataset, device: torch.device) ->
                             checkpoint=cfg.weights if cfg.init == "pretrained" else None).to(device)
         fixed = FixedInit(dict(model.named_parameters()), kind=cfg.init)
         return model, fixed, fixed
+    if not cfg.population:
+        raise DDSecError("--init population needs --population PATH (see `ddsec zoo`)")
     model = build_model(cfg.model, data).to(device)
-    train = PopulationInit(load_population(cfg.population, model=cfg.model, device=device))
+    train = PopulationInit(load_population(cfg.population, model=cfg.model, dataset=data.name, device=device))
     if cfg.heldout_population is None:
         raise DDSecError("--init population needs --heldout-population PATH for an honest evaluation")
-    heldout = PopulationInit(load_population(cfg.heldout_population, model=cfg.model, device=device))
+    heldout = PopulationInit(load_population(cfg.heldout_population, model=cfg.model, dataset=data.name, device=device))
     return model, train, heldout
 
 
@@ -171,10 +174,42 @@ class DistillJob:
 def prepare_distill(cfg: DistillConfig) -> DistillJob:
     """Load the data and build the model and initial-weight distributions (fails fast on bad input)."""
     device = resolve_device(cfg.device)
-    train = load_dataset(cfg.dataset, train=True, root=cfg.data_dir)
-    test = load_dataset(cfg.dataset, train=False, root=cfg.data_dir)
+    train = load_dataset(cfg.dataset, train=True, root=cfg.data_dir, download=cfg.download)
+    test = load_dataset(cfg.dataset, train=False, root=cfg.data_dir, download=cfg.download)
     model, init, heldout = build_inits(cfg, train, device)
     return DistillJob(cfg, train, test, model, init, heldout, device)
+
+
+def initial_synthetic(job: DistillJob) -> SyntheticSet:
+    """The starting synthetic set: ``S`` steps of class-major real images (or noise) and step sizes."""
+    cfg, train = job.cfg, job.train
+    generator = torch.Generator().manual_seed(cfg.seed)
+    synthetic = SyntheticSet.create(
+        num_classes=train.num_classes, ipc=cfg.ipc, steps=cfg.steps, epochs=cfg.epochs,
+        image_shape=train.image_shape, init_lr=cfg.distill_lr, generator=generator, device=job.device,
+    )
+    if cfg.image_init == "real":
+        synthetic.images = real_images_per_class(train, cfg.ipc, cfg.steps, generator).to(job.device)
+    return synthetic
+
+
+def optimize(
+    job: DistillJob,
+    objective: Objective,
+    synthetic: SyntheticSet,
+    *,
+    checkpoint_path: str | Path | None,
+    resume: bool,
+    on_progress: Callable[[Progress], None] | None,
+) -> DistillResult:
+    """The outer loop with the job's settings (shared by every front end)."""
+    cfg = job.cfg
+    return distill(
+        objective, synthetic, iterations=cfg.iterations, n_models=distinct_draws(job.init, cfg.n_models), lr=cfg.lr,
+        lr_step_sizes=cfg.lr_step_sizes, decay_every=cfg.decay_every, decay_factor=cfg.decay_factor, mode=cfg.mode,
+        keep_graphs=cfg.keep_graphs, seed=cfg.seed, checkpoint_path=checkpoint_path, resume=resume,
+        fingerprint=cfg.fingerprint(), on_progress=on_progress,
+    )
 
 
 def run_distill(
@@ -196,15 +231,8 @@ def run_distill(
         on_progress: called after every outer iteration with the progress and that accuracy
             (``None`` in between).
     """
-    cfg, train, test, model, heldout, device = job.cfg, job.train, job.test, job.model, job.heldout, job.device
-    generator = torch.Generator().manual_seed(cfg.seed)
-    synthetic = SyntheticSet.create(
-        num_classes=train.num_classes, ipc=cfg.ipc, steps=cfg.steps, epochs=cfg.epochs,
-        image_shape=train.image_shape, init_lr=cfg.distill_lr, generator=generator, device=device,
-    )
-    if cfg.image_init == "real":
-        synthetic.images = real_images_per_class(train, cfg.ipc, cfg.steps, generator).to(device)
-    objective = ClassificationObjective(model, job.init, RealBatches(train.images, train.labels, cfg.batch_size, device))
+    cfg, train, test, model, heldout = job.cfg, job.train, job.test, job.model, job.heldout
+    objective = ClassificationObjective(model, job.init, RealBatches(train.images, train.labels, cfg.batch_size, job.device))
     quick = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:2000]
 
     def report(progress: Progress) -> None:
@@ -220,14 +248,8 @@ def run_distill(
         on_progress(progress, accuracy)
 
     start = time.perf_counter()
-    result = distill(
-        objective, synthetic, iterations=cfg.iterations, n_models=distinct_draws(job.init, cfg.n_models), lr=cfg.lr,
-        lr_step_sizes=cfg.lr_step_sizes,
-        decay_every=cfg.decay_every, decay_factor=cfg.decay_factor, mode=cfg.mode,
-        keep_graphs=cfg.keep_graphs, seed=cfg.seed,
-        checkpoint_path=checkpoint_path, resume=resume, fingerprint=cfg.fingerprint(),
-        on_progress=report,
-    )
+    result = optimize(job, objective, initial_synthetic(job), checkpoint_path=checkpoint_path, resume=resume,
+                      on_progress=report)
     seconds = time.perf_counter() - start
     evaluation = evaluate_synthetic(
         model, heldout, result.synthetic, test.images, test.labels,

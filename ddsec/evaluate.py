@@ -8,6 +8,7 @@ as mean ± std over models, on the whole test split, before (step 0) and after t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -68,6 +69,53 @@ def population_predictions(
     return torch.cat(chunks, dim=1)
 
 
+def trained_predictions(
+    model: nn.Module,
+    init: InitDistribution,
+    synthetic: SyntheticSet,
+    test_images: Tensor,
+    *,
+    n_models: int,
+    generator: torch.Generator,
+    on_step: Callable[[int, Tensor], None] | None = None,
+    chunk: int = 50,
+    batching: str = "auto",
+) -> tuple[Tensor, Tensor]:
+    """Train ``n_models`` models drawn from ``init`` on ``synthetic``; predict the test images.
+
+    Args:
+        model: the architecture (eval mode).
+        init: held-out ``p(θ0)``: fresh random inits, a held-out population, or the fixed init.
+        synthetic: applied exactly as distilled (step order, learned step sizes, epochs).
+        test_images: float ``[N, C, H, W]``.
+        n_models: how many models; trained ``chunk`` at a time.
+        generator: drives the draws from ``init``.
+        on_step: if given, called as ``on_step(t, predictions [m, N])`` after every inner step
+            ``t = 1 … T`` of every chunk of ``m`` models.
+        chunk: models trained together.
+        batching: how the unroll runs the chunk's models (``auto``, ``vmap`` or ``loop``).
+
+    Returns:
+        Predicted classes before and after the steps, int64 ``[n_models, N]`` each.
+    """
+    if n_models < 1:
+        raise ValueError(f"n_models must be at least 1, got {n_models}")
+    synthetic = SyntheticSet(*(t.detach() for t in (synthetic.images, synthetic.labels, synthetic.raw_lrs)),
+                             synthetic.epochs)
+    forward = population_forward(model, batching)
+    before, after = [], []
+    for start in range(0, n_models, chunk):
+        params = init.sample(min(chunk, n_models - start), generator)
+        before.append(population_predictions(model, params, test_images))
+
+        def record(t: int, theta: dict[str, Tensor]) -> None:
+            if on_step is not None and t > 0:
+                on_step(t, population_predictions(model, theta, test_images))
+
+        after.append(population_predictions(model, unroll(forward, params, synthetic, on_step=record), test_images))
+    return torch.cat(before), torch.cat(after)
+
+
 def evaluate_synthetic(
     model: nn.Module,
     init: InitDistribution,
@@ -81,41 +129,22 @@ def evaluate_synthetic(
     chunk: int = 50,
     batching: str = "auto",
 ) -> EvalResult:
-    """Train ``n_models`` models drawn from ``init`` on ``synthetic`` and test them.
+    """Accuracy of ``n_models`` models trained on ``synthetic`` (see :func:`trained_predictions`).
 
     Args:
-        model: the architecture (eval mode).
-        init: held-out ``p(θ0)``: fresh random inits, a held-out population, or the fixed init.
-        synthetic: applied exactly as distilled (step order, learned step sizes, epochs).
-        test_images: float ``[N, C, H, W]``; test_labels: int64 ``[N]``.
-        n_models: how many models; trained ``chunk`` at a time.
-        generator: drives the draws from ``init``.
+        test_labels: int64 ``[N]``, for ``test_images`` ``[N, C, H, W]``.
         per_step: also record accuracy after every inner step.
-        chunk: models trained together.
-        batching: how the unroll runs the chunk's models (``auto``, ``vmap`` or ``loop``).
     """
-    if n_models < 1:
-        raise ValueError(f"n_models must be at least 1, got {n_models}")
-    synthetic = SyntheticSet(*(t.detach() for t in (synthetic.images, synthetic.labels, synthetic.raw_lrs)),
-                             synthetic.epochs)
-    forward = population_forward(model, batching)
     labels = test_labels.cpu()
-    before, after, curves = [], [], []
-    for start in range(0, n_models, chunk):
-        params = init.sample(min(chunk, n_models - start), generator)
-        curve: list[Tensor] = []
-
-        def record(t: int, theta: dict[str, Tensor]) -> None:
-            if per_step or t == 0:
-                preds = population_predictions(model, theta, test_images)
-                curve.append((preds == labels).float().mean(1))
-
-        final = unroll(forward, params, synthetic, on_step=record)
-        before.append(curve[0])
-        if per_step:
-            after.append(curve[-1])
-            curves.append(torch.stack(curve))
-        else:
-            after.append((population_predictions(model, final, test_images) == labels)
-                         .float().mean(1))
-    return EvalResult(torch.cat(before), torch.cat(after), torch.cat(curves, dim=1) if per_step else None)
+    curves: list[Tensor] = []
+    before, after = trained_predictions(
+        model, init, synthetic, test_images, n_models=n_models, generator=generator, chunk=chunk, batching=batching,
+        on_step=(lambda t, preds: curves.append((preds == labels).float().mean(1))) if per_step else None,
+    )
+    accuracy_before, accuracy_after = (before == labels).float().mean(1), (after == labels).float().mean(1)
+    if not per_step:
+        return EvalResult(accuracy_before, accuracy_after)
+    steps = synthetic.total_steps
+    chunks = [torch.stack(curves[i : i + steps]) for i in range(0, len(curves), steps)]  # [T, m] per chunk
+    curve = torch.cat([accuracy_before.unsqueeze(0), torch.cat(chunks, dim=1)])
+    return EvalResult(accuracy_before, accuracy_after, curve)

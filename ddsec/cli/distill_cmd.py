@@ -21,8 +21,9 @@ def checkpoint_for(output: Path) -> Path:
 
 @user_errors
 def distill(
-    dataset: str = typer.Option(D.dataset, help="digits (embedded), mnist, usps, svhn, cifar10, imagefolder."),
+    dataset: str = typer.Option(D.dataset, help="digits (embedded), mnist, usps, svhn, cifar10, voc, cub, imagefolder."),
     data_dir: Optional[str] = typer.Option(None, help="Data root (default $DDSEC_DATA, else ~/.cache/ddsec/data); for imagefolder, the tree."),
+    download: bool = typer.Option(False, help="Fetch a missing MNIST/USPS/SVHN/CIFAR-10 with torchvision (needs the internet)."),
     model: str = typer.Option(D.model, help="Registered model (see models_zoo)."),
     steps: int = typer.Option(D.steps, help="Distinct synthetic step batches S."),
     epochs: int = typer.Option(D.epochs, help="Times the S batches are replayed (T = S × epochs)."),
@@ -55,7 +56,7 @@ def distill(
 ) -> None:
     """Distil a dataset into a few synthetic images and learned step sizes."""
     cfg = D(
-        dataset=dataset, data_dir=data_dir, model=model, steps=steps, epochs=epochs, ipc=ipc, init=init,
+        dataset=dataset, data_dir=data_dir, download=download, model=model, steps=steps, epochs=epochs, ipc=ipc, init=init,
         init_scheme=init_scheme, init_seed=init_seed, weights=weights, population=population,
         heldout_population=heldout_population, n_models=n_models, iterations=iterations,
         batch_size=batch_size, lr=lr, lr_step_sizes=lr_step_sizes, distill_lr=distill_lr, decay_every=decay_every, mode=mode,

@@ -51,11 +51,12 @@ def progress_bar(description: str, total: int, quiet: bool = False) -> Iterator[
     every = max(1, total // 20)
     with Progress(*columns, console=err, disable=quiet or plain, transient=False) as progress:
         task = progress.add_task(description, total=total, info="")
-        start = time.perf_counter()
+        start, printed = time.perf_counter(), [-1]
 
         def update(completed: int, info: str = "") -> None:
             progress.update(task, completed=completed, info=info)
-            if plain and (completed % every == 0 or completed == total):
+            if plain and completed != printed[0] and (completed % every == 0 or completed == total):
+                printed[0] = completed
                 err.print(f"{description} {completed}/{total} {info} [{time.perf_counter() - start:.0f} s]",
                           highlight=False)
 

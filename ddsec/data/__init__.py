@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ddsec.data.dataset import DatasetInfo, ImageDataset
+from ddsec.data.cub import CUB_INFO, load_cub
 from ddsec.data.digits import DIGITS_INFO, load_digits
 from ddsec.data.folder import imagefolder_info, load_imagefolder
 from ddsec.data.root import DATA_ENV, data_root
@@ -35,6 +36,7 @@ from ddsec.data.torchvision_sets import (
     load_svhn,
     load_usps,
 )
+from ddsec.data.voc import VOC_INFO, load_voc
 from ddsec.errors import DDSecError
 
 __all__ = [
@@ -64,6 +66,8 @@ _DATASETS: dict[str, _Entry] = {
     "usps": _Entry(load_usps, _fixed(USPS_INFO)),
     "svhn": _Entry(load_svhn, _fixed(SVHN_INFO)),
     "cifar10": _Entry(load_cifar10, _fixed(CIFAR10_INFO)),
+    "voc": _Entry(load_voc, _fixed(VOC_INFO)),
+    "cub": _Entry(load_cub, _fixed(CUB_INFO)),
     "imagefolder": _Entry(load_imagefolder, imagefolder_info),
 }
 
@@ -111,11 +115,12 @@ def load_dataset(
 
     Args:
         name: A name from :func:`list_datasets` (case-insensitive): ``digits``, ``mnist``,
-            ``usps``, ``svhn``, ``cifar10``, ``imagefolder``.
+            ``usps``, ``svhn``, ``cifar10``, ``voc``, ``cub``, ``imagefolder``.
         train: Training split if true, else test split.
         root: Data root for the named datasets (default :func:`data_root`); for
             ``imagefolder``, the tree root (required). Ignored by ``digits``.
-        download: Let torchvision fetch missing files (never done otherwise).
+        download: Let torchvision fetch missing files (never done otherwise; not available
+            for ``voc`` and ``cub``, which must be downloaded by hand).
         image_size: Square side to resize to, default the dataset's own (:func:`dataset_info`).
         channels: 1 or 3, default the dataset's own; grey is repeated to RGB, RGB reduced to luma.
 

@@ -9,7 +9,7 @@ the same normalised space (Wang et al., "Dataset Distillation", arXiv 1811.10959
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import torch
@@ -79,6 +79,10 @@ class ImageDataset:
         """``(C, H, W)`` of one image."""
         _, c, h, w = self.images.shape
         return int(c), int(h), int(w)
+
+    def subset(self, index: Tensor) -> ImageDataset:
+        """The samples at ``index`` (int64 ``[n]`` or bool ``[N]``), same classes and statistics."""
+        return replace(self, images=self.images[index], labels=self.labels[index])
 
     def denormalize(self, x: Tensor, *, clamp: bool = True) -> Tensor:
         """Map normalised images back to pixels.

@@ -70,10 +70,14 @@ def resolve_batching(model: nn.Module, batching: str) -> str:
     return "loop" if keeps_stats else "vmap"
 
 
-def population_forward(model: nn.Module, batching: str) -> Callable[[Params, Tensor], Tensor]:
-    """A function ``(params [M, …], x [B, C, H, W]) -> logits [M, B, K]``, differentiable twice.
+def population_forward(
+    model: nn.Module, batching: str, *, shared_input: bool = True
+) -> Callable[[Params, Tensor], Tensor]:
+    """A function ``(params [M, …], x) -> logits [M, B, K]``, differentiable twice.
 
-    The same input batch is given to every model.
+    Args:
+        shared_input: ``x`` is one batch ``[B, C, H, W]`` given to every model; otherwise ``x``
+            is ``[M, B, C, H, W]``, one batch per model (population training).
     """
     how = resolve_batching(model, batching)
 
@@ -81,10 +85,10 @@ def population_forward(model: nn.Module, batching: str) -> Callable[[Params, Ten
         return functional_call(model, p, (x,))
 
     if how == "vmap":
-        batched = vmap(one, in_dims=(0, None))
-        return batched
+        return vmap(one, in_dims=(0, None if shared_input else 0))
 
     def looped(params: Params, x: Tensor) -> Tensor:
-        return torch.stack([one(select(params, m), x) for m in range(population_size(params))])
+        return torch.stack([one(select(params, m), x if shared_input else x[m])
+                            for m in range(population_size(params))])
 
     return looped

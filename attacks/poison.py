@@ -1,0 +1,206 @@
+"""K→T poisoning with distilled data: one victim step on a few images re-targets a class.
+
+Wang et al., "Dataset Distillation" (arXiv 1811.10959), §3.4 and §4.3: learn ``S`` step batches
+(one step of ``classes × ipc`` images by default) and their step sizes such that SGD on them,
+starting from *any* well-trained classifier, makes it predict class ``K`` as ``T`` while leaving
+the other classes alone. The outer objective is cross-entropy on real training batches with
+every label ``K`` replaced by ``T``; the distilled images keep their own class-major labels, as
+in the paper. ``θ0`` is drawn from a population of pretrained models; the batch is judged on a
+held-out population trained with disjoint seeds (and optionally on a population of another
+architecture or recipe, to measure transfer).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ddsec.attacks.metrics import AttackResult, evaluate_attack, relabel
+from ddsec.data import ImageDataset
+from ddsec.distill import DistillConfig, DistillJob, build_model, initial_synthetic, optimize, prepare_distill
+from ddsec.engine import (
+    ClassificationObjective,
+    InitDistribution,
+    PopulationInit,
+    Progress,
+    RealBatches,
+)
+from ddsec.errors import DDSecError
+from ddsec.export import DistilledMeta, DistilledSet
+from ddsec.models_zoo import load_population, population_metadata
+from ddsec.models_zoo.zoo import entry_name, resolve_population, zoo_root
+
+POISON_INITS = ("population", "pretrained")
+AUTO_COUNT, AUTO_HELDOUT = 40, 10
+"""Sizes of the population trained on first use when none is given or cached."""
+
+
+@dataclass(frozen=True)
+class PoisonConfig(DistillConfig):
+    """Every setting of one ``ddsec poison`` run (the ``distill`` settings plus the attack's).
+
+    ``population`` / ``heldout_population`` name zoo entries or paths (default: the zoo entry
+    ``<dataset>-<model>``, trained on first use); ``eval_population`` adds a transfer evaluation.
+    """
+
+    steps: int = 1
+    epochs: int = 1
+    init: str = "population"
+    n_models: int = 8
+    iterations: int = 200
+    lr: float = 0.02
+    distill_lr: float = 0.02
+    eval_models: int = 50
+    attack: int = 3
+    target: int = 8
+    eval_population: str | None = None
+    zoo: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.init not in POISON_INITS:
+            raise DDSecError(f"--init must be population or pretrained for an attack, got {self.init!r}")
+        if self.attack == self.target:
+            raise DDSecError(f"--attack and --target are both {self.attack}; the attack needs two different classes")
+        if self.attack < 0 or self.target < 0:
+            raise DDSecError(f"class indices must not be negative, got --attack {self.attack} --target {self.target}")
+
+    def fingerprint(self) -> dict:
+        return {**super().fingerprint(), "attack": self.attack, "target": self.target}
+
+
+@dataclass
+class PoisonJob:
+    """A validated attack, ready to run: data, model, populations and transfer population."""
+
+    cfg: PoisonConfig
+    base: DistillJob
+    transfer: tuple[nn.Module, InitDistribution, str] | None
+
+
+@dataclass
+class PoisonOutcome:
+    """The exported batch, its evaluation on held-out (and transfer) models, the loss history."""
+
+    distilled: DistilledSet
+    evaluation: AttackResult
+    transfer: AttackResult | None
+    losses: torch.Tensor
+    seconds: float
+
+
+def _check_classes(cfg: PoisonConfig, data: ImageDataset) -> None:
+    for flag, value in (("--attack", cfg.attack), ("--target", cfg.target)):
+        if value >= data.num_classes:
+            raise DDSecError(f"{flag} {value} is out of range: {data.name} has classes 0 … {data.num_classes - 1}")
+
+
+def _check_population(path: Path, data: ImageDataset, model: str | None) -> dict:
+    """The metadata of population ``path`` after checking it fits ``data`` (and ``model`` if given)."""
+    meta = population_metadata(path)
+    channels, size, _ = data.image_shape
+    wrong = [f"{key} {meta[key]!r} (need {want!r})" for key, want in
+             (("dataset", data.name), ("model", model), ("num_classes", data.num_classes),
+              ("in_chans", channels), ("image_size", size)) if want is not None and meta[key] != want]
+    if wrong:
+        raise DDSecError(f"population {path} does not fit this attack: {', '.join(wrong)}")
+    return meta
+
+
+def resolve_populations(
+    cfg: PoisonConfig, train_entry: Callable[[str], None] | None = None
+) -> tuple[str | None, str | None]:
+    """``(train, heldout)`` population paths for ``cfg`` (``None`` for a pretrained init).
+
+    Without ``--population`` the zoo entry ``<dataset>-<model>`` is used; if it is missing and
+    ``train_entry`` is given, it is called with the entry name to train it first.
+    """
+    if cfg.init != "population":
+        return None, None
+    spec = cfg.population or entry_name(cfg.dataset, cfg.model)
+    if cfg.population is None and not (zoo_root(cfg.zoo) / spec / "train").is_dir():
+        if train_entry is None:
+            raise DDSecError(f"no population {spec!r} in the zoo at {zoo_root(cfg.zoo)}; train one with"
+                             f" `ddsec zoo train --dataset {cfg.dataset} --model {cfg.model}`")
+        train_entry(spec)
+    train = resolve_population(spec, "train", cfg.zoo)
+    heldout = resolve_population(cfg.heldout_population or spec, "heldout", cfg.zoo)
+    if train.resolve() == heldout.resolve():
+        raise DDSecError(f"--population and --heldout are the same population ({train}); evaluate on held-out models")
+    return str(train), str(heldout)
+
+
+def prepare_poison(cfg: PoisonConfig, train_entry: Callable[[str], None] | None = None) -> PoisonJob:
+    """Validate every parameter, load data and populations; fails fast with one clear line."""
+    from ddsec.data import load_dataset
+
+    _check_classes(cfg, load_dataset(cfg.dataset, train=False, root=cfg.data_dir, download=cfg.download))
+    train_path, heldout_path = resolve_populations(cfg, train_entry)
+    base_cfg = DistillConfig(**{k: v for k, v in asdict(cfg).items() if k in DistillConfig.__dataclass_fields__}
+                             | {"population": train_path, "heldout_population": heldout_path})
+    base = prepare_distill(base_cfg)
+    for path in (train_path, heldout_path):
+        if path is not None:
+            _check_population(Path(path), base.train, cfg.model)
+    if isinstance(base.init, PopulationInit) and base.init.size < cfg.n_models:
+        raise DDSecError(f"--n-models {cfg.n_models} exceeds the training population's {base.init.size} models")
+    transfer = None
+    if cfg.eval_population is not None:
+        path = resolve_population(cfg.eval_population, "heldout", cfg.zoo)
+        meta = _check_population(path, base.train, None)
+        model = build_model(meta["model"], base.train).to(base.device)
+        transfer = (model, PopulationInit(load_population(path, device=base.device)), str(path))
+    return PoisonJob(cfg, base, transfer)
+
+
+def run_poison(
+    job: PoisonJob,
+    *,
+    checkpoint_path: str | Path | None = None,
+    resume: bool = False,
+    eval_every: int | None = None,
+    on_progress: Callable[[Progress, float | None], None] | None = None,
+) -> PoisonOutcome:
+    """Learn the poisoning batch, evaluate it on held-out models and build the exportable set.
+
+    Args:
+        eval_every: every this many iterations, measure the attack success rate on a quick
+            sample (up to 5 held-out models, up to 2000 test images) and pass it to ``on_progress``.
+    """
+    cfg, base = job.cfg, job.base
+    train, test = base.train, base.test
+    objective = ClassificationObjective(
+        base.model, base.init, RealBatches(train.images, train.labels, cfg.batch_size, base.device),
+        relabel=lambda y: relabel(y, cfg.attack, cfg.target),
+    )
+    quick = test.subset(torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:2000])
+
+    def report(progress: Progress) -> None:
+        if on_progress is None:
+            return
+        asr = None
+        if eval_every and (progress.iteration % eval_every == 0 or progress.iteration == progress.iterations):
+            asr = evaluate_attack(base.model, base.heldout, progress.synthetic, quick, attack=cfg.attack,
+                                  target=cfg.target, n_models=5, seed=cfg.seed + 7).summary()["asr_mean"]
+        on_progress(progress, asr)
+
+    start = time.perf_counter()
+    result = optimize(base, objective, initial_synthetic(base), checkpoint_path=checkpoint_path, resume=resume,
+                      on_progress=report)
+    seconds = time.perf_counter() - start
+    kwargs = dict(attack=cfg.attack, target=cfg.target, n_models=cfg.eval_models, seed=cfg.seed + 1_000_003)
+    evaluation = evaluate_attack(base.model, base.heldout, result.synthetic, test, **kwargs)
+    transfer = None if job.transfer is None else evaluate_attack(job.transfer[0], job.transfer[1], result.synthetic,
+                                                                 test, **kwargs)
+    meta = DistilledMeta(
+        task="poison", dataset=cfg.dataset, model=cfg.model, epochs=cfg.epochs, ipc=cfg.ipc, init=cfg.init,
+        mean=train.mean, std=train.std, seed=cfg.seed, num_classes=train.num_classes, config=asdict(cfg),
+        attack_class=cfg.attack, target_class=cfg.target,
+    )
+    distilled = DistilledSet(result.synthetic.images, result.synthetic.labels, result.synthetic.lrs().detach(), meta)
+    return PoisonOutcome(distilled, evaluation, transfer, result.losses, seconds)

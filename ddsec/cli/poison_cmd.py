@@ -1,0 +1,179 @@
+"""``ddsec poison``: learn a K→T poisoning batch over a population of pretrained models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+import typer
+from rich.table import Table
+
+from ddsec.attacks.poison import PoisonConfig as P
+from ddsec.cli.distill_cmd import checkpoint_for
+from ddsec.cli.render import err, out, percent, print_json, progress_bar, result_table, user_errors
+from ddsec.errors import DDSecError
+
+if TYPE_CHECKING:
+    from ddsec.attacks import AttackResult, FlipResult, PoisonJob, PoisonOutcome
+
+
+@user_errors
+def poison(
+    attack: int = typer.Option(P.attack, help="Class K whose images should be misclassified."),
+    target: int = typer.Option(P.target, help="Class T they should be predicted as."),
+    dataset: str = typer.Option(P.dataset, help="digits (embedded), mnist, usps, svhn, cifar10, voc, cub, imagefolder."),
+    data_dir: Optional[str] = typer.Option(None, help="Data root (default $DDSEC_DATA, else ~/.cache/ddsec/data)."),
+    download: bool = typer.Option(False, help="Fetch a missing MNIST/USPS/SVHN/CIFAR-10 with torchvision (needs the internet)."),
+    model: str = typer.Option(P.model, help="Registered model (the victims' architecture)."),
+    steps: int = typer.Option(P.steps, help="Distinct poisoned step batches S (the one-step attack is the default)."),
+    epochs: int = typer.Option(P.epochs, help="Times the S batches are replayed."),
+    ipc: int = typer.Option(P.ipc, help="Images per class in each step batch."),
+    init: str = typer.Option(P.init, help="p(θ0): population (random draws of pretrained models) | pretrained."),
+    population: Optional[str] = typer.Option(None, help="Training population: zoo name or path (default <dataset>-<model>, trained on first use)."),
+    heldout: Optional[str] = typer.Option(None, help="Held-out population for evaluation (default: the training entry's held-out models)."),
+    eval_population: Optional[str] = typer.Option(None, help="Also evaluate on this population (another architecture or recipe) to measure transfer."),
+    weights: Optional[str] = typer.Option(None, help="Weights of the one victim for --init pretrained."),
+    zoo: Optional[str] = typer.Option(None, help="Zoo folder (default $DDSEC_ZOO, else ~/.cache/ddsec/zoo)."),
+    n_models: int = typer.Option(P.n_models, help="Pretrained models drawn per outer iteration."),
+    iterations: int = typer.Option(P.iterations, help="Outer iterations."),
+    batch_size: int = typer.Option(P.batch_size, help="Real images (labels K→T) per outer iteration."),
+    lr: float = typer.Option(P.lr, help="Adam learning rate for the images."),
+    lr_step_sizes: Optional[float] = typer.Option(None, help="Adam learning rate for the raw step sizes (default --lr)."),
+    distill_lr: float = typer.Option(P.distill_lr, help="Initial step size of the victim's step."),
+    decay_every: Optional[int] = typer.Option(None, help="Halve the learning rates every this many iterations."),
+    mode: str = typer.Option(P.mode, help="Meta-gradient: hvp (back-gradient) | autograd (reference)."),
+    image_init: str = typer.Option(P.image_init, help="Start from random real images of each class (real) or noise."),
+    seed: int = typer.Option(P.seed, help="Seed of every random draw."),
+    device: str = typer.Option(P.device, help="auto | cpu | cuda."),
+    out_path: Optional[Path] = typer.Option(None, "--out", help="Output .safetensors (default distilled/poison-<dataset>-<K>to<T>.safetensors)."),
+    resume: bool = typer.Option(False, help="Continue an interrupted run from its checkpoint."),
+    force: bool = typer.Option(False, help="Start over even if an unfinished run's checkpoint exists."),
+    eval_models: int = typer.Option(P.eval_models, help="Held-out models evaluated (at most the population's size)."),
+    baseline: list[str] = typer.Option([], help="Also run a label-flip baseline: flip-random | flip-average | flip-kmeans | all (repeatable)."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object as the last line of stdout."),
+    quiet: bool = typer.Option(False, help="No progress bars."),
+) -> None:
+    """Learn a few images whose ONE training step makes trained models predict class K as T."""
+    from ddsec.attacks import FLIP_KINDS, prepare_poison, run_poison
+
+    kinds = list(FLIP_KINDS) if "all" in baseline else baseline
+    unknown = sorted(set(kinds) - set(FLIP_KINDS))
+    if unknown:
+        raise DDSecError(f"unknown --baseline {unknown[0]!r}; choose from {', '.join(FLIP_KINDS)} or all")
+    cfg = P(
+        dataset=dataset, data_dir=data_dir, download=download, model=model, steps=steps, epochs=epochs, ipc=ipc, init=init,
+        weights=weights, population=population, heldout_population=heldout, eval_population=eval_population,
+        zoo=zoo, n_models=n_models, iterations=iterations, batch_size=batch_size, lr=lr, lr_step_sizes=lr_step_sizes,
+        distill_lr=distill_lr, decay_every=decay_every, mode=mode, image_init=image_init, seed=seed, device=device,
+        eval_models=eval_models, attack=attack, target=target,
+    )
+    output = out_path or Path("distilled") / f"poison-{dataset}-{model}-{attack}to{target}.safetensors"
+    if output.suffix != ".safetensors":
+        raise DDSecError(f"--out must end in .safetensors, got {output}")
+    checkpoint = checkpoint_for(output)
+    if checkpoint.exists() and not (resume or force):
+        raise DDSecError(f"an unfinished run left {checkpoint}; pass --resume to continue it or --force to start over")
+    if force:
+        checkpoint.unlink(missing_ok=True)
+    job = prepare_poison(cfg, train_entry=lambda name: _train_default_entry(name, cfg, quiet))
+    last = [""]
+    with progress_bar("poisoning", iterations, quiet=quiet) as update:
+        def on_progress(progress, asr):
+            if asr is not None:
+                last[0] = f"  held-out ASR {percent(asr)}"
+            update(progress.iteration, f"loss {progress.loss:.3f}{last[0]}")
+
+        outcome = run_poison(job, checkpoint_path=checkpoint, resume=resume, eval_every=max(1, iterations // 5),
+                             on_progress=on_progress)
+    from ddsec.export import save_distilled
+
+    save_distilled(output, outcome.distilled)
+    checkpoint.unlink(missing_ok=True)
+    baselines = _run_baselines(job, outcome, kinds, quiet)
+    out.print(_summary_table(output, cfg, job, outcome))
+    out.print(_comparison_table(job, outcome, baselines))
+    out.print(_per_class_table(job, outcome.evaluation))
+    if json_out:
+        payload = {"output": str(output), "seconds": round(outcome.seconds, 3), "iterations": iterations,
+                   "attack": attack, "target": target, "eval": outcome.evaluation.summary(),
+                   "baselines": {k: r.summary() for k, r in baselines.items()}}
+        if outcome.transfer is not None:
+            payload["transfer"] = {"population": job.transfer[2], **outcome.transfer.summary()}
+        print_json(payload)
+
+
+def _train_default_entry(name: str, cfg: P, quiet: bool) -> None:
+    """Train the small default population on first use, with progress bars."""
+    from ddsec.attacks.poison import AUTO_COUNT, AUTO_HELDOUT
+    from ddsec.cli.zoo_cmd import train_with_bars
+    from ddsec.distill import resolve_device
+
+    err.print(f"no population {name!r} in the zoo yet: training {AUTO_COUNT} + {AUTO_HELDOUT} {cfg.model} models on"
+              f" {cfg.dataset} once (use `ddsec zoo train` for larger populations)")
+    train_with_bars(quiet=quiet, name=name, dataset=cfg.dataset, model_name=cfg.model, count=AUTO_COUNT,
+                    heldout=AUTO_HELDOUT, root=cfg.zoo, data_dir=cfg.data_dir, download=cfg.download, device=resolve_device(cfg.device))
+
+
+def _run_baselines(job: PoisonJob, outcome: PoisonOutcome, kinds: list[str], quiet: bool) -> dict[str, FlipResult]:
+    from ddsec.attacks import run_flip_baseline
+
+    results = {}
+    with progress_bar("label-flip baselines", len(kinds), quiet=quiet or not kinds) as update:
+        for i, kind in enumerate(kinds):
+            base, cfg = job.base, job.cfg
+            results[kind] = run_flip_baseline(
+                kind, model=base.model, train_init=base.init, heldout=base.heldout, train=base.train, test=base.test,
+                attack=cfg.attack, target=cfg.target, shape=tuple(outcome.distilled.labels.shape[:2]),
+                epochs=cfg.epochs, learned_lrs=outcome.distilled.lrs, n_models=cfg.eval_models, seed=cfg.seed,
+            )
+            update(i + 1, kind)
+    return results
+
+
+def _summary_table(output: Path, cfg: P, job: PoisonJob, outcome: PoisonOutcome) -> Table:
+    s = outcome.evaluation.summary()
+    rows = [
+        ("output", str(output)),
+        ("attack", f"class {cfg.attack} → {cfg.target} on {cfg.dataset}, {cfg.model}"),
+        ("batch", f"{outcome.distilled.steps} step(s) × {cfg.epochs} epoch(s) × {outcome.distilled.images_per_step}"
+                  f" images, step sizes {' '.join(f'{v:.3g}' for v in outcome.distilled.lrs.tolist())}"),
+        ("training population", str(job.base.cfg.population or cfg.weights)),
+        ("distillation time", f"{outcome.seconds:.1f} s"),
+        (f"attack success, {s['models']} held-out models", f"{percent(s['asr_before'])} → {percent(s['asr_mean'], s['asr_std'])}"),
+        ("accuracy on other classes", f"{percent(s['acc_other_before'])} → {percent(s['acc_other_after'])}"),
+        ("clean accuracy", f"{percent(s['acc_clean_before'])} → {percent(s['acc_clean_after'])}"),
+        ("accuracy w.r.t. modified labels", f"{percent(s['acc_modified_before'])} → {percent(s['acc_modified_mean'], s['acc_modified_std'])}"),
+    ]
+    if outcome.transfer is not None:
+        t = outcome.transfer.summary()
+        rows.append((f"transfer: {job.transfer[2]} ({t['models']} models)",
+                     f"ASR {percent(t['asr_mean'], t['asr_std'])}, other classes {percent(t['acc_other_before'])} →"
+                     f" {percent(t['acc_other_after'])}"))
+    return result_table("ddsec poison", rows)
+
+
+def _comparison_table(job: PoisonJob, outcome: PoisonOutcome, baselines: dict[str, FlipResult]) -> Table:
+    table = Table(title="attack vs label-flip baselines (held-out models)", title_justify="left")
+    for column in ("batch", "step size", "attack success", "other classes", "clean accuracy", "modified labels"):
+        table.add_column(column)
+    rows = [("distilled", "learned", outcome.evaluation)] + [(k, str(r.lr), r.evaluation) for k, r in baselines.items()]
+    for name, lr, result in rows:
+        s = result.summary()
+        table.add_row(name, lr, percent(s["asr_mean"], s["asr_std"]), percent(s["acc_other_after"]),
+                      percent(s["acc_clean_after"]), percent(s["acc_modified_mean"]))
+    return table
+
+
+def _per_class_table(job: PoisonJob, result: AttackResult) -> Table:
+    names = job.base.test.class_names
+    table = Table(title=f"per class, mean over held-out models (→{job.cfg.target}: share predicted as the target)",
+                  title_justify="left")
+    for column in ("class", "accuracy before", "accuracy after", f"→{job.cfg.target} before", f"→{job.cfg.target} after"):
+        table.add_column(column)
+    for c, name in enumerate(names):
+        table.add_row(f"{c} {name}" + (" (attacked)" if c == job.cfg.attack else ""),
+                      percent(float(result.before.per_class_acc[:, c].mean())),
+                      percent(float(result.after.per_class_acc[:, c].mean())),
+                      percent(float(result.before.per_class_to_target[:, c].mean())),
+                      percent(float(result.after.per_class_to_target[:, c].mean())))
+    return table

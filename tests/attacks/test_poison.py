@@ -1,0 +1,107 @@
+"""The K→T attack: metrics, parameter validation, a tiny attack that works, and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from ddsec.attacks import PoisonConfig, attack_metrics, prepare_poison, relabel, run_flip_baseline, run_poison
+from ddsec.cli import app
+from ddsec.errors import DDSecError
+from ddsec.export import load_distilled
+from ddsec.models_zoo.train import TrainRecipe
+from ddsec.models_zoo.zoo import train_entry
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    """A zoo with 6 + 3 small MLPs trained on digits (about 96 % test accuracy)."""
+    root = tmp_path_factory.mktemp("zoo")
+    train_entry("digits-mlp", dataset="digits", model_name="mlp", count=6, heldout=3, root=root,
+                recipe=TrainRecipe(steps=100, lr=0.01))
+    return root
+
+
+def config(zoo, **kwargs) -> PoisonConfig:
+    settings = dict(model="mlp", zoo=str(zoo), n_models=4, iterations=40, lr=0.03, distill_lr=0.05,
+                    batch_size=128, eval_models=3, device="cpu")
+    return PoisonConfig(**(settings | kwargs))
+
+
+def test_relabel_and_metrics():
+    labels = torch.tensor([0, 1, 1, 2, 2, 2])
+    assert relabel(labels, 1, 2).tolist() == [0, 2, 2, 2, 2, 2]
+    predictions = torch.tensor([[0, 2, 1, 2, 2, 0],    # one of two class-1 images → 2
+                                [0, 1, 1, 2, 2, 2]])   # clean
+    m = attack_metrics(predictions, labels, attack=1, target=2, num_classes=3)
+    assert m.asr.tolist() == [0.5, 0.0]
+    assert torch.allclose(m.acc_other, torch.tensor([3 / 4, 1.0]))
+    assert torch.allclose(m.acc_modified, torch.tensor([4 / 6, 4 / 6]))
+    assert torch.allclose(m.acc_clean, torch.tensor([4 / 6, 1.0]))
+    assert torch.allclose(m.per_class_to_target[0], torch.tensor([0.0, 0.5, 2 / 3]))
+    with pytest.raises(ValueError, match="no image of the attacked class 5"):
+        attack_metrics(predictions, labels, attack=5, target=2, num_classes=6)
+
+
+def test_parameters_are_validated_up_front(zoo, tmp_path):
+    with pytest.raises(DDSecError, match="both 3"):
+        config(zoo, attack=3, target=3)
+    with pytest.raises(DDSecError, match="--init must be population or pretrained"):
+        config(zoo, init="random")
+    with pytest.raises(DDSecError, match=r"--target 10 is out of range: digits has classes 0 … 9"):
+        prepare_poison(config(zoo, target=10))
+    with pytest.raises(DDSecError, match="no population 'digits-lenet' in the zoo"):
+        prepare_poison(config(zoo, model="lenet"))
+    with pytest.raises(DDSecError, match="no population 'missing'"):
+        prepare_poison(config(zoo, population="missing"))
+    with pytest.raises(DDSecError, match="holds mlp models trained on digits"):
+        prepare_poison(config(zoo, model="test_cnn", population="digits-mlp"))
+    with pytest.raises(DDSecError, match="--n-models 7 exceeds the training population's 6 models"):
+        prepare_poison(config(zoo, n_models=7))
+    with pytest.raises(DDSecError, match="the same population"):
+        prepare_poison(config(zoo, heldout_population=str(zoo / "digits-mlp" / "train")))
+
+
+def test_tiny_attack_moves_class_k_to_t_on_heldout_models(zoo):
+    job = prepare_poison(config(zoo))
+    outcome = run_poison(job)
+    s = outcome.evaluation.summary()
+    assert s["models"] == 3 and outcome.distilled.meta.task == "poison"
+    assert outcome.distilled.meta.attack_class == 3 and outcome.distilled.meta.target_class == 8
+    assert outcome.distilled.images.shape == (1, 10, 1, 28, 28)
+    assert s["asr_mean"] > s["asr_before"] + 0.1, s  # 6 training models only: the held-out ASR stays modest
+    assert outcome.losses[-5:].mean() < outcome.losses[:5].mean()
+    flip = run_flip_baseline("flip-average", model=job.base.model, train_init=job.base.init, heldout=job.base.heldout,
+                             train=job.base.train, test=job.base.test, attack=3, target=8, shape=(1, 10), epochs=1,
+                             learned_lrs=outcome.distilled.lrs, n_models=3, grid_models=2, select_images=300)
+    assert set(flip.grid) >= {"learned", "0.1"} and flip.evaluation.models == 3
+
+
+def test_cli_json_and_export(zoo, tmp_path):
+    out = tmp_path / "p.safetensors"
+    result = runner.invoke(app, ["poison", "--zoo", str(zoo), "--model", "mlp", "--iterations", "2",
+                                 "--n-models", "2", "--eval-models", "2", "--batch-size", "64", "--out", str(out),
+                                 "--eval-population", "digits-mlp", "--quiet", "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout.strip().splitlines()[-1])
+    for key in ("asr_mean", "asr_std", "acc_other_before", "acc_other_after", "acc_modified_mean"):
+        assert 0.0 <= payload["eval"][key] <= 1.0
+    assert payload["transfer"]["models"] == 2 and payload["output"] == str(out)
+    assert load_distilled(out).meta.task == "poison"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--attack", "2", "--target", "2"], "both 2"),
+    (["--target", "12"], "out of range"),
+    (["--baseline", "nope"], "unknown --baseline 'nope'"),
+    (["--population", "nowhere"], "no population 'nowhere'"),
+])
+def test_cli_errors_are_one_line(zoo, args, message):
+    result = runner.invoke(app, ["poison", "--zoo", str(zoo), "--model", "mlp", "--quiet", *args])
+    assert result.exit_code == 1
+    assert message in result.output and "Traceback" not in result.output
