@@ -1,6 +1,28 @@
-"""Few-shot domain adaptation front end (``ddsec adapt``): not implemented yet.
+"""Few-shot domain adaptation with distilled images (``ddsec adapt``). Import as ``ddsec.adapt``.
 
-Planned (issue 5): distilled target-domain images that adapt source-pretrained models
-(Wang et al., arXiv 1811.10959, §3.5): digit pairs among MNIST/USPS/SVHN, and an ImageNet AlexNet
-adapted to PASCAL-VOC / CUB-200. Importable as ``ddsec.adapt`` only.
+Wang et al., "Dataset Distillation" (arXiv 1811.10959), §3.5: a few distilled target-domain
+images that, in a few gradient steps, move source-pretrained models to high target accuracy.
+:mod:`~ddsec.adapt.adapt` covers the digit pairs among MNIST, USPS and SVHN.
 """
+
+from ddsec.adapt.adapt import (
+    ADAPT_INITS,
+    DIGIT_DOMAINS,
+    AdaptConfig,
+    adapt_meta,
+    finetune_reference,
+    pair_shape,
+    prepare_adapt,
+    source_entry,
+)
+
+__all__ = [
+    "ADAPT_INITS",
+    "DIGIT_DOMAINS",
+    "AdaptConfig",
+    "adapt_meta",
+    "finetune_reference",
+    "pair_shape",
+    "prepare_adapt",
+    "source_entry",
+]

@@ -36,8 +36,6 @@ from ddsec.models_zoo import load_population, population_metadata
 from ddsec.models_zoo.zoo import entry_name, resolve_population, zoo_root
 
 POISON_INITS = ("population", "pretrained")
-AUTO_COUNT, AUTO_HELDOUT = 40, 10
-"""Sizes of the population trained on first use when none is given or cached."""
 
 
 @dataclass(frozen=True)

@@ -219,6 +219,7 @@ def run_distill(
     resume: bool = False,
     eval_every: int | None = None,
     on_progress: Callable[[Progress, float | None], None] | None = None,
+    meta: dict | None = None,
 ) -> DistillOutcome:
     """Distil, evaluate on held-out models and build the exportable set.
 
@@ -230,6 +231,8 @@ def run_distill(
             (up to 5 models, up to 2000 test images) and pass it to ``on_progress``.
         on_progress: called after every outer iteration with the progress and that accuracy
             (``None`` in between).
+        meta: overrides of the exported metadata (the adapt front end sets ``task``,
+            ``source``, ``target`` and its own ``config``).
     """
     cfg, train, test, model, heldout = job.cfg, job.train, job.test, job.model, job.heldout
     objective = ClassificationObjective(model, job.init, RealBatches(train.images, train.labels, cfg.batch_size, job.device))
@@ -256,11 +259,10 @@ def run_distill(
         n_models=distinct_draws(heldout, cfg.eval_models),
         generator=torch.Generator().manual_seed(cfg.seed + 1_000_003),
     )
-    meta = DistilledMeta(
-        task="distill", dataset=cfg.dataset, model=cfg.model, epochs=cfg.epochs, ipc=cfg.ipc, init=cfg.init,
-        mean=train.mean, std=train.std, seed=cfg.seed, num_classes=train.num_classes, config=asdict(cfg),
-    )
-    distilled = DistilledSet(result.synthetic.images, result.synthetic.labels, result.synthetic.lrs().detach(), meta)
+    fields = dict(task="distill", dataset=cfg.dataset, model=cfg.model, epochs=cfg.epochs, ipc=cfg.ipc, init=cfg.init,
+                  mean=train.mean, std=train.std, seed=cfg.seed, num_classes=train.num_classes, config=asdict(cfg))
+    distilled = DistilledSet(result.synthetic.images, result.synthetic.labels, result.synthetic.lrs().detach(),
+                             DistilledMeta(**(fields | (meta or {}))))
     return DistillOutcome(distilled, evaluation, result.losses, seconds)
 
 

@@ -108,8 +108,9 @@ def train_group(
     *,
     batching: str = "auto",
     on_step: Callable[[int], None] | None = None,
+    start: Params | None = None,
 ) -> Params:
-    """Train ``G = len(seeds)`` models together from their seeded inits.
+    """Train ``G = len(seeds)`` models together from their seeded inits (or from ``start``).
 
     Args:
         model: the architecture (its parameters are overwritten; its device is used).
@@ -118,6 +119,8 @@ def train_group(
         recipe: optimizer settings.
         batching: ``auto``, ``vmap`` or ``loop`` over the ``G`` models.
         on_step: called with the step number after every optimizer step.
+        start: ``[G, …]`` weights to start from instead of the seeded inits (fine-tuning);
+            the seeds then fix only the data order.
 
     Returns:
         The trained parameters, ``[G, …]`` tensors (detached).
@@ -128,7 +131,8 @@ def train_group(
     if recipe.steps is None:
         raise ValueError("recipe.steps is None; use recipe.for_dataset(len(train))")
     device = next(model.parameters()).device
-    params = {k: v.requires_grad_() for k, v in initial_params(model, seeds, recipe.init).items()}
+    first = initial_params(model, seeds, recipe.init) if start is None else start
+    params = {k: v.detach().clone().requires_grad_() for k, v in first.items()}
     forward = population_forward(model, pick_batching(batching, device), shared_input=False)
     optimizer = torch.optim.Adam(params.values(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     orders = [_DataOrder(len(train), recipe.batch_size, int(s)) for s in seeds]

@@ -29,6 +29,8 @@ ZOO_ENV = "DDSEC_ZOO"
 ROLES = ("train", "heldout")
 HELDOUT_SEED_OFFSET = 1_000_000
 """Held-out seeds start here, far from any training population's seeds."""
+AUTO_COUNT, AUTO_HELDOUT = 40, 10
+"""Sizes of a default population that ``poison`` or ``adapt`` trains on first use."""
 
 Report = Callable[[int, int], None]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from ddsec.cli import distill_cmd, eval_cmd, poison_cmd, show_cmd, zoo_cmd
+from ddsec.cli import adapt_cmd, distill_cmd, eval_cmd, poison_cmd, show_cmd, zoo_cmd
 
 app = typer.Typer(
     name="ddsec",
@@ -21,6 +21,7 @@ app.command("distill")(distill_cmd.distill)
 app.command("eval")(eval_cmd.evaluate)
 app.command("show")(show_cmd.show)
 app.command("poison")(poison_cmd.poison)
+app.command("adapt")(adapt_cmd.adapt)
 app.add_typer(zoo_cmd.zoo, name="zoo")
 
 

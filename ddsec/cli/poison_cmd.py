@@ -55,6 +55,8 @@ def poison(
 ) -> None:
     """Learn a few images whose ONE training step makes trained models predict class K as T."""
     from ddsec.attacks import FLIP_KINDS, prepare_poison, run_poison
+    from ddsec.cli.zoo_cmd import train_on_first_use
+    from ddsec.distill import resolve_device
 
     kinds = list(FLIP_KINDS) if "all" in baseline else baseline
     unknown = sorted(set(kinds) - set(FLIP_KINDS))
@@ -75,7 +77,9 @@ def poison(
         raise DDSecError(f"an unfinished run left {checkpoint}; pass --resume to continue it or --force to start over")
     if force:
         checkpoint.unlink(missing_ok=True)
-    job = prepare_poison(cfg, train_entry=lambda name: _train_default_entry(name, cfg, quiet))
+    job = prepare_poison(cfg, train_entry=lambda name: train_on_first_use(
+        name, dataset=dataset, model=model, quiet=quiet, root=zoo, data_dir=data_dir, download=download,
+        device=resolve_device(device)))
     last = [""]
     with progress_bar("poisoning", iterations, quiet=quiet) as update:
         def on_progress(progress, asr):
@@ -100,18 +104,6 @@ def poison(
         if outcome.transfer is not None:
             payload["transfer"] = {"population": job.transfer[2], **outcome.transfer.summary()}
         print_json(payload)
-
-
-def _train_default_entry(name: str, cfg: P, quiet: bool) -> None:
-    """Train the small default population on first use, with progress bars."""
-    from ddsec.attacks.poison import AUTO_COUNT, AUTO_HELDOUT
-    from ddsec.cli.zoo_cmd import train_with_bars
-    from ddsec.distill import resolve_device
-
-    err.print(f"no population {name!r} in the zoo yet: training {AUTO_COUNT} + {AUTO_HELDOUT} {cfg.model} models on"
-              f" {cfg.dataset} once (use `ddsec zoo train` for larger populations)")
-    train_with_bars(quiet=quiet, name=name, dataset=cfg.dataset, model_name=cfg.model, count=AUTO_COUNT,
-                    heldout=AUTO_HELDOUT, root=cfg.zoo, data_dir=cfg.data_dir, download=cfg.download, device=resolve_device(cfg.device))
 
 
 def _run_baselines(job: PoisonJob, outcome: PoisonOutcome, kinds: list[str], quiet: bool) -> dict[str, FlipResult]:

@@ -9,10 +9,10 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from ddsec.cli.render import out, percent, print_json, progress_bar, user_errors
+from ddsec.cli.render import err, out, percent, print_json, progress_bar, user_errors
 from ddsec.distill import resolve_device
 from ddsec.models_zoo.train import TrainRecipe
-from ddsec.models_zoo.zoo import entry_name, list_populations, mean_accuracy, train_entry, zoo_root
+from ddsec.models_zoo.zoo import AUTO_COUNT, AUTO_HELDOUT, entry_name, list_populations, mean_accuracy, train_entry, zoo_root
 
 zoo = typer.Typer(help="Populations of pretrained classifiers (for poison and adapt).", no_args_is_help=True)
 
@@ -28,6 +28,14 @@ def train_with_bars(quiet: bool = False, **kwargs) -> dict[str, dict]:
             bars[role](done, "model-steps")
 
         return train_entry(on_progress=report, **kwargs)
+
+
+def train_on_first_use(name: str, *, dataset: str, model: str, quiet: bool, **kwargs) -> None:
+    """Train the small default population ``name`` that ``poison`` or ``adapt`` needs, saying so."""
+    err.print(f"no population {name!r} in the zoo yet: training {AUTO_COUNT} + {AUTO_HELDOUT} {model} models on"
+              f" {dataset} once (use `ddsec zoo train` for larger populations)")
+    train_with_bars(quiet=quiet, name=name, dataset=dataset, model_name=model, count=AUTO_COUNT,
+                    heldout=AUTO_HELDOUT, **kwargs)
 
 
 @zoo.command("train")

@@ -1,0 +1,118 @@
+"""``ddsec adapt``: distil target-domain images that adapt source-pretrained models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ddsec.adapt.adapt import AdaptConfig as A
+from ddsec.cli.distill_cmd import checkpoint_for
+from ddsec.cli.render import err, out, percent, print_json, progress_bar, result_table, user_errors
+from ddsec.errors import DDSecError
+
+
+@user_errors
+def adapt(
+    src: str = typer.Option(..., help="Source domain the models were trained on: mnist | usps | svhn."),
+    tgt: str = typer.Option(..., help="Target domain to adapt to: mnist | usps | svhn."),
+    data_dir: Optional[str] = typer.Option(None, help="Data root (default $DDSEC_DATA, else ~/.cache/ddsec/data)."),
+    download: bool = typer.Option(False, help="Fetch a missing MNIST/USPS/SVHN with torchvision (needs the internet)."),
+    model: str = typer.Option(A.model, help="Registered model (the source models' architecture)."),
+    steps: int = typer.Option(A.steps, help="Distinct synthetic step batches S."),
+    epochs: int = typer.Option(A.epochs, help="Times the S batches are replayed (T = S × epochs)."),
+    ipc: int = typer.Option(A.ipc, help="Images per class in each step batch."),
+    init: str = typer.Option(A.init, help="population (draws of source models; held-out evaluation) | fixed (one source model)."),
+    population: Optional[str] = typer.Option(None, help="Source population: zoo name or path (default <src>-<model>[-<size>px<c>c], trained on first use)."),
+    heldout: Optional[str] = typer.Option(None, help="Held-out source population (default: the source entry's)."),
+    weights: Optional[str] = typer.Option(None, help="--init fixed: the source model's weights (default: the population's first model)."),
+    zoo: Optional[str] = typer.Option(None, help="Zoo folder (default $DDSEC_ZOO, else ~/.cache/ddsec/zoo)."),
+    n_models: int = typer.Option(A.n_models, help="Source models drawn per outer iteration."),
+    iterations: int = typer.Option(A.iterations, help="Outer iterations."),
+    batch_size: int = typer.Option(A.batch_size, help="Real target images per outer iteration."),
+    lr: float = typer.Option(A.lr, help="Adam learning rate for the images."),
+    lr_step_sizes: Optional[float] = typer.Option(None, help="Adam learning rate for the raw step sizes (default --lr)."),
+    distill_lr: float = typer.Option(A.distill_lr, help="Initial inner step size."),
+    decay_every: Optional[int] = typer.Option(None, help="Halve the learning rates every this many iterations."),
+    mode: str = typer.Option(A.mode, help="Meta-gradient: hvp (back-gradient) | autograd (reference)."),
+    keep_graphs: bool = typer.Option(A.keep_graphs, help="hvp: keep each step's graph instead of recomputing it."),
+    seed: int = typer.Option(A.seed, help="Seed of every random draw."),
+    device: str = typer.Option(A.device, help="auto | cpu | cuda."),
+    out_path: Optional[Path] = typer.Option(None, "--out", help="Output .safetensors (default distilled/adapt-<src>-<tgt>.safetensors)."),
+    resume: bool = typer.Option(False, help="Continue an interrupted run from its checkpoint."),
+    force: bool = typer.Option(False, help="Start over even if an unfinished run's checkpoint exists."),
+    eval_models: int = typer.Option(A.eval_models, help="Held-out source models evaluated (at most the population's size)."),
+    baseline: list[str] = typer.Option([], help="Also evaluate: random | optimized | kmeans | average | all (repeatable)."),
+    finetune_steps: int = typer.Option(0, help="Also report fine-tuning held-out source models on the whole target training set for this many Adam steps (0: skip)."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object as the last line of stdout."),
+    quiet: bool = typer.Option(False, help="No progress bars."),
+) -> None:
+    """Distil a few target images whose steps adapt source-pretrained models to the target domain."""
+    from ddsec.adapt import adapt_meta, finetune_reference, prepare_adapt
+    from ddsec.baselines import check_kinds
+    from ddsec.cli.eval_cmd import baseline_table, run_baselines
+    from ddsec.cli.zoo_cmd import train_on_first_use
+    from ddsec.distill import resolve_device, run_distill
+    from ddsec.export import save_distilled
+    from ddsec.models_zoo.train import TrainRecipe
+
+    kinds = check_kinds(["random", "optimized", "kmeans", "average"] if "all" in baseline else baseline)
+    if "knn" in kinds:
+        raise DDSecError("--baseline knn does not adapt a model; use random, optimized, kmeans or average")
+    if finetune_steps < 0:
+        raise DDSecError(f"--finetune-steps must not be negative, got {finetune_steps}")
+    cfg = A(
+        src=src, tgt=tgt, data_dir=data_dir, download=download, model=model, steps=steps, epochs=epochs, ipc=ipc,
+        init=init, population=population, heldout_population=heldout, weights=weights, zoo=zoo, n_models=n_models,
+        iterations=iterations, batch_size=batch_size, lr=lr, lr_step_sizes=lr_step_sizes, distill_lr=distill_lr,
+        decay_every=decay_every, mode=mode, keep_graphs=keep_graphs, seed=seed, device=device, eval_models=eval_models,
+    )
+    output = out_path or Path("distilled") / f"adapt-{src}-{tgt}-{model}.safetensors"
+    if output.suffix != ".safetensors":
+        raise DDSecError(f"--out must end in .safetensors, got {output}")
+    checkpoint = checkpoint_for(output)
+    if checkpoint.exists() and not (resume or force):
+        raise DDSecError(f"an unfinished run left {checkpoint}; pass --resume to continue it or --force to start over")
+    if force:
+        checkpoint.unlink(missing_ok=True)
+    job = prepare_adapt(cfg, train_entry=lambda name, size, channels: train_on_first_use(
+        name, dataset=src, model=model, quiet=quiet, root=zoo, data_dir=data_dir, download=download,
+        image_size=size, channels=channels, device=resolve_device(device)))
+    last = [""]
+    with progress_bar("adapting", iterations, quiet=quiet) as update:
+        def on_progress(progress, accuracy):
+            if accuracy is not None:
+                last[0] = f"  held-out {percent(accuracy)}"
+            update(progress.iteration, f"loss {progress.loss:.3f}{last[0]}")
+
+        outcome = run_distill(job, checkpoint_path=checkpoint, resume=resume, eval_every=max(1, iterations // 5),
+                              on_progress=on_progress, meta=adapt_meta(cfg))
+    save_distilled(output, outcome.distilled)
+    checkpoint.unlink(missing_ok=True)
+    summary = outcome.evaluation.summary()
+    rows = [
+        ("output", str(output)),
+        ("pair", f"{src} → {tgt}, {model}, init {init}, {job.train.image_shape}"),
+        ("set", f"{outcome.distilled.steps} steps × {epochs} epochs × {outcome.distilled.images_per_step} images"),
+        ("distillation time", f"{outcome.seconds:.1f} s"),
+        (f"target accuracy, no adaptation ({summary['models']} models)", percent(summary["acc_before_mean"])),
+        ("target accuracy after the distilled steps", percent(summary["acc_mean"], summary["acc_std"])),
+    ]
+    payload = {"output": str(output), "seconds": round(outcome.seconds, 3), "eval": summary}
+    if finetune_steps:
+        with err.status("fine-tuning held-out source models on the whole target training set…"):
+            tuned = finetune_reference(job, n_models=eval_models, recipe=TrainRecipe(steps=finetune_steps), seed=seed)
+        std = float(tuned.std()) if tuned.numel() > 1 else 0.0
+        rows.append((f"fine-tuned on all target data ({finetune_steps} steps)", percent(float(tuned.mean()), std)))
+        payload["finetune"] = {"steps": finetune_steps, "models": tuned.numel(), "acc_mean": float(tuned.mean()),
+                               "acc_std": std}
+    out.print(result_table("ddsec adapt", rows))
+    baselines = run_baselines(outcome.distilled, job, kinds, models=eval_models, grid_models=5, candidates=25,
+                              seed=seed, quiet=quiet) if kinds else {}
+    if baselines:
+        out.print(baseline_table(outcome.distilled.meta, summary, baselines))
+        payload["baselines"] = {kind: r.summary() for kind, r in baselines.items()}
+    if json_out:
+        print_json(payload)
+
