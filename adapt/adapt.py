@@ -10,7 +10,9 @@ seen while distilling). Each domain keeps its own normalisation statistics, as a
 pipeline would.
 
 Digit pairs share one input shape: 28 px grey for MNIST ↔ USPS, 32 px RGB whenever SVHN is
-involved (MNIST and USPS then repeated to 3 channels, as the reference did).
+involved (MNIST and USPS then repeated to 3 channels, as the reference did). The ImageNet source
+(``--src imagenet --tgt voc|cub``) is one fixed AlexNet read from ``--weights``
+(:mod:`ddsec.adapt.imagenet`), at 224 px by default.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from torch import Tensor
 from ddsec.data import ImageDataset, dataset_info, load_dataset
 from ddsec.distill import DistillConfig, DistillJob, build_model, resolve_device
 from ddsec.engine import FixedInit, PopulationInit, select
+from ddsec.adapt.imagenet import IMAGENET_SIZE, IMAGENET_TARGETS, imagenet_alexnet, require_weights
 from ddsec.errors import DDSecError
 from ddsec.models_zoo import load_population, load_weights, population_metadata
 from ddsec.models_zoo.train import TrainRecipe, population_accuracy, train_group
@@ -33,9 +36,19 @@ DIGIT_DOMAINS = ("mnist", "usps", "svhn")
 ADAPT_INITS = ("population", "fixed")
 
 
-def pair_shape(source: str, target: str) -> tuple[int, int]:
-    """``(image_size, channels)`` shared by a source/target pair: 32 px RGB with SVHN, else 28 px grey."""
+def pair_shape(source: str, target: str, image_size: int | None = None) -> tuple[int, int]:
+    """``(image_size, channels)`` of a pair: ImageNet 224 px RGB (or ``image_size``); digits: 32 px
+    RGB with SVHN, else 28 px grey."""
+    if source == "imagenet":
+        return image_size or IMAGENET_SIZE, 3
     return (32, 3) if "svhn" in (source, target) else (28, 1)
+
+
+def pair_defaults(source: str) -> dict:
+    """The paper's settings per source: ImageNet 1 step × 3 epochs, fixed model; digits 10 × 3, population."""
+    if source == "imagenet":
+        return {"steps": 1, "epochs": 3, "init": "fixed", "model": "alexnet"}
+    return {"steps": 10, "epochs": 3, "init": "population", "model": "lenet"}
 
 
 def source_entry(source: str, model: str, image_size: int, channels: int) -> str:
@@ -60,14 +73,20 @@ class AdaptConfig(DistillConfig):
     tgt: str = "usps"
     init: str = "population"
     zoo: str | None = None
+    image_size: int | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.init not in ADAPT_INITS:
             raise DDSecError(f"--init must be population or fixed for adaptation, got {self.init!r}")
+        if self.src == "imagenet":
+            if self.tgt not in IMAGENET_TARGETS or self.init != "fixed" or self.model != "alexnet":
+                raise DDSecError(f"--src imagenet adapts one fixed alexnet to --tgt {' or '.join(IMAGENET_TARGETS)}"
+                                 f" (--init fixed), got --tgt {self.tgt} --init {self.init} --model {self.model}")
+            return
         for flag, domain in (("--src", self.src), ("--tgt", self.tgt)):
             if domain not in DIGIT_DOMAINS:
-                raise DDSecError(f"{flag} must be one of {', '.join(DIGIT_DOMAINS)}, got {domain!r}")
+                raise DDSecError(f"{flag} must be imagenet or one of {', '.join(DIGIT_DOMAINS)}, got {domain!r}")
         if self.src == self.tgt:
             raise DDSecError(f"--src and --tgt are both {self.src!r}; adaptation needs two domains")
 
@@ -109,9 +128,17 @@ def prepare_adapt(cfg: AdaptConfig, train_entry: Callable[[str, int, int], None]
     Returns:
         A job whose data is the target domain and whose ``p(θ0)`` are source models.
     """
-    size, channels = pair_shape(cfg.src, cfg.tgt)
+    size, channels = pair_shape(cfg.src, cfg.tgt, cfg.image_size)
     device = resolve_device(cfg.device)
     shape = dict(root=cfg.data_dir, download=cfg.download, image_size=size, channels=channels)
+    if cfg.src == "imagenet":
+        require_weights(cfg.weights)  # before the (large) datasets are read
+        train, test = load_dataset(cfg.tgt, train=True, **shape), load_dataset(cfg.tgt, train=False, **shape)
+        model = imagenet_alexnet(cfg.weights, train.num_classes, size).to(device)
+        fixed = FixedInit(dict(model.named_parameters()), kind="pretrained")
+        base = DistillConfig(**{k: v for k, v in asdict(cfg).items() if k in DistillConfig.__dataclass_fields__}
+                             | {"dataset": cfg.tgt, "model": "alexnet"})
+        return DistillJob(base, train, test, model, fixed, fixed, device)
     train, test = load_dataset(cfg.tgt, train=True, **shape), load_dataset(cfg.tgt, train=False, **shape)
     train_path, heldout_path = _source_paths(cfg, size, channels, train_entry)
     model = build_model(cfg.model, train).to(device)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 from ddsec.engine import SyntheticSet
@@ -58,3 +61,77 @@ def data_root() -> Path:
     if not root:
         pytest.skip("DDSEC_DATA is not set: real-data test skipped")
     return Path(root)
+
+
+# --- tiny dataset trees in the official VOC / CUB layouts ----------------------------------
+
+GREY, RED, GREEN, BLUE = (128, 128, 128), (255, 0, 0), (0, 255, 0), (0, 0, 255)
+
+
+def write_jpeg(path: Path, size: tuple[int, int], background, boxes=()) -> None:
+    """A one-colour JPEG of ``size = (width, height)`` with 0-based ``(left, upper, right, lower, colour)`` boxes."""
+    array = np.empty((size[1], size[0], 3), dtype=np.uint8)
+    array[:] = background
+    for left, upper, right, lower, colour in boxes:
+        array[upper:lower, left:right] = colour
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, quality=95, subsampling=0)
+
+
+def voc_object(name: str, box: tuple[int, int, int, int], difficult: str | None = "0") -> str:
+    """One ``<object>`` with a 1-based inclusive ``(xmin, ymin, xmax, ymax)`` box."""
+    flag = "" if difficult is None else f"<difficult>{difficult}</difficult>"
+    corners = "".join(f"<{k}>{v}</{k}>" for k, v in zip(("xmin", "ymin", "xmax", "ymax"), box))
+    return f"<object><name>{name}</name><pose>Left</pose>{flag}<bndbox>{corners}</bndbox></object>"
+
+
+def write_voc(root: Path, *, test: bool = True) -> Path:
+    """A VOC2007 tree: trainval = 000001 (dog + a difficult person), 000002 (cat, tvmonitor past the edge)."""
+    voc = root / "VOCdevkit" / "VOC2007"
+    # 000001: 48x40 grey, red box at columns 8..23, rows 8..23 (1-based 9..24).
+    write_jpeg(voc / "JPEGImages" / "000001.jpg", (48, 40), GREY, [(8, 8, 24, 24, RED)])
+    # 000002: 64x32, green box at columns 0..15, rows 0..15; blue from column 40 to the right edge.
+    write_jpeg(voc / "JPEGImages" / "000002.jpg", (64, 32), GREY, [(0, 0, 16, 16, GREEN), (40, 0, 64, 32, BLUE)])
+    write_jpeg(voc / "JPEGImages" / "000003.jpg", (32, 32), GREEN)
+    annotations = {
+        "000001": voc_object("dog", (9, 9, 24, 24)) + voc_object("person", (1, 1, 48, 40), difficult="1"),
+        "000002": voc_object("cat", (1, 1, 16, 16)) + voc_object("tvmonitor", (41, 1, 100, 32)),
+        "000003": voc_object("aeroplane", (1, 1, 32, 32), difficult=None),
+    }
+    (voc / "Annotations").mkdir(parents=True)
+    for image_id, objects in annotations.items():
+        (voc / "Annotations" / f"{image_id}.xml").write_text(
+            f"<annotation><filename>{image_id}.jpg</filename>{objects}</annotation>"
+        )
+    main = voc / "ImageSets" / "Main"
+    main.mkdir(parents=True)
+    (main / "trainval.txt").write_text("000001\n000002\n")
+    if test:
+        (main / "test.txt").write_text("000003\n")
+    return voc
+
+
+def write_cub(root: Path) -> Path:
+    """A CUB tree with 3 classes and 5 images (3 train, 2 test); each class has its own colour."""
+    cub = root / "CUB_200_2011"
+    classes = ["001.Black_footed_Albatross", "002.Laysan_Albatross", "003.Sooty_Albatross"]
+    colours = [RED, GREEN, BLUE]
+    images = [(1, 1, 1, (40, 30)), (2, 2, 0, (20, 50)), (3, 3, 1, (33, 33)), (4, 1, 0, (16, 16)), (5, 2, 1, (64, 48))]
+    lines = {"images.txt": [], "image_class_labels.txt": [], "train_test_split.txt": []}
+    for image_id, class_id, is_train, size in images:
+        relative = f"{classes[class_id - 1]}/img_{image_id:04d}.jpg"
+        write_jpeg(cub / "images" / relative, size, colours[class_id - 1])
+        lines["images.txt"].append(f"{image_id} {relative}")
+        lines["image_class_labels.txt"].append(f"{image_id} {class_id}")
+        lines["train_test_split.txt"].append(f"{image_id} {is_train}")
+    lines["classes.txt"] = [f"{i} {name}" for i, name in enumerate(classes, start=1)]
+    for name, content in lines.items():
+        (cub / name).write_text("\n".join(content) + "\n")
+    return cub
+
+
+@pytest.fixture
+def trees() -> SimpleNamespace:
+    """Writers of tiny dataset trees: ``jpeg``, ``voc_object``, ``voc`` and ``cub`` (see above), and the colours."""
+    return SimpleNamespace(jpeg=write_jpeg, voc_object=voc_object, voc=write_voc, cub=write_cub,
+                           GREY=GREY, RED=RED, GREEN=GREEN, BLUE=BLUE)

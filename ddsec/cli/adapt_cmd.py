@@ -15,18 +15,19 @@ from ddsec.errors import DDSecError
 
 @user_errors
 def adapt(
-    src: str = typer.Option(..., help="Source domain the models were trained on: mnist | usps | svhn."),
-    tgt: str = typer.Option(..., help="Target domain to adapt to: mnist | usps | svhn."),
+    src: str = typer.Option(..., help="Source domain the models were trained on: mnist | usps | svhn | imagenet."),
+    tgt: str = typer.Option(..., help="Target domain: mnist | usps | svhn (digit sources) or voc | cub (imagenet)."),
     data_dir: Optional[str] = typer.Option(None, help="Data root (default $DDSEC_DATA, else ~/.cache/ddsec/data)."),
     download: bool = typer.Option(False, help="Fetch a missing MNIST/USPS/SVHN with torchvision (needs the internet)."),
-    model: str = typer.Option(A.model, help="Registered model (the source models' architecture)."),
-    steps: int = typer.Option(A.steps, help="Distinct synthetic step batches S."),
-    epochs: int = typer.Option(A.epochs, help="Times the S batches are replayed (T = S × epochs)."),
+    model: Optional[str] = typer.Option(None, help="Registered model (default lenet; alexnet for imagenet)."),
+    steps: Optional[int] = typer.Option(None, help="Distinct synthetic step batches S (default 10; 1 for imagenet)."),
+    epochs: Optional[int] = typer.Option(None, help="Times the S batches are replayed (default 3)."),
     ipc: int = typer.Option(A.ipc, help="Images per class in each step batch."),
-    init: str = typer.Option(A.init, help="population (draws of source models; held-out evaluation) | fixed (one source model)."),
+    init: Optional[str] = typer.Option(None, help="population (draws of source models; held-out evaluation; default for digits) | fixed (one source model; imagenet)."),
+    image_size: Optional[int] = typer.Option(None, help="imagenet: input size in pixels (default 224)."),
     population: Optional[str] = typer.Option(None, help="Source population: zoo name or path (default <src>-<model>[-<size>px<c>c], trained on first use)."),
     heldout: Optional[str] = typer.Option(None, help="Held-out source population (default: the source entry's)."),
-    weights: Optional[str] = typer.Option(None, help="--init fixed: the source model's weights (default: the population's first model)."),
+    weights: Optional[str] = typer.Option(None, help="--init fixed: the source model's weights (default: the population's first model); imagenet: torchvision's AlexNet .pth or .safetensors."),
     zoo: Optional[str] = typer.Option(None, help="Zoo folder (default $DDSEC_ZOO, else ~/.cache/ddsec/zoo)."),
     n_models: int = typer.Option(A.n_models, help="Source models drawn per outer iteration."),
     iterations: int = typer.Option(A.iterations, help="Outer iterations."),
@@ -49,7 +50,7 @@ def adapt(
     quiet: bool = typer.Option(False, help="No progress bars."),
 ) -> None:
     """Distil a few target images whose steps adapt source-pretrained models to the target domain."""
-    from ddsec.adapt import adapt_meta, finetune_reference, prepare_adapt
+    from ddsec.adapt import adapt_meta, finetune_reference, pair_defaults, prepare_adapt
     from ddsec.baselines import check_kinds
     from ddsec.cli.eval_cmd import baseline_table, run_baselines
     from ddsec.cli.zoo_cmd import train_on_first_use
@@ -62,9 +63,12 @@ def adapt(
         raise DDSecError("--baseline knn does not adapt a model; use random, optimized, kmeans or average")
     if finetune_steps < 0:
         raise DDSecError(f"--finetune-steps must not be negative, got {finetune_steps}")
+    chosen = {k: v for k, v in dict(model=model, steps=steps, epochs=epochs, init=init).items() if v is not None}
+    settings = pair_defaults(src) | chosen
+    model = settings["model"]
     cfg = A(
-        src=src, tgt=tgt, data_dir=data_dir, download=download, model=model, steps=steps, epochs=epochs, ipc=ipc,
-        init=init, population=population, heldout_population=heldout, weights=weights, zoo=zoo, n_models=n_models,
+        src=src, tgt=tgt, data_dir=data_dir, download=download, image_size=image_size, ipc=ipc, **settings,
+        population=population, heldout_population=heldout, weights=weights, zoo=zoo, n_models=n_models,
         iterations=iterations, batch_size=batch_size, lr=lr, lr_step_sizes=lr_step_sizes, distill_lr=distill_lr,
         decay_every=decay_every, mode=mode, keep_graphs=keep_graphs, seed=seed, device=device, eval_models=eval_models,
     )
@@ -93,8 +97,8 @@ def adapt(
     summary = outcome.evaluation.summary()
     rows = [
         ("output", str(output)),
-        ("pair", f"{src} → {tgt}, {model}, init {init}, {job.train.image_shape}"),
-        ("set", f"{outcome.distilled.steps} steps × {epochs} epochs × {outcome.distilled.images_per_step} images"),
+        ("pair", f"{src} → {tgt}, {model}, init {cfg.init}, {job.train.image_shape}"),
+        ("set", f"{outcome.distilled.steps} steps × {cfg.epochs} epochs × {outcome.distilled.images_per_step} images"),
         ("distillation time", f"{outcome.seconds:.1f} s"),
         (f"target accuracy, no adaptation ({summary['models']} models)", percent(summary["acc_before_mean"])),
         ("target accuracy after the distilled steps", percent(summary["acc_mean"], summary["acc_std"])),

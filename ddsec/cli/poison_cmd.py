@@ -10,7 +10,7 @@ from rich.table import Table
 
 from ddsec.attacks.poison import PoisonConfig as P
 from ddsec.cli.distill_cmd import checkpoint_for
-from ddsec.cli.render import err, out, percent, print_json, progress_bar, result_table, user_errors
+from ddsec.cli.render import out, percent, print_json, progress_bar, result_table, user_errors
 from ddsec.errors import DDSecError
 
 if TYPE_CHECKING:

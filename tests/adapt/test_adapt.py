@@ -27,7 +27,7 @@ def test_pair_shapes_and_entry_names():
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"src": "mnist", "tgt": "mnist"}, "both 'mnist'"),
-    ({"src": "imagenet", "tgt": "mnist"}, "--src must be one of mnist, usps, svhn"),
+    ({"src": "cifar10", "tgt": "mnist"}, "--src must be imagenet or one of mnist, usps, svhn"),
     ({"init": "random"}, "--init must be population or fixed"),
     ({"steps": 0}, "--steps must be at least 1"),
 ])
