@@ -5,7 +5,7 @@ Wang et al., "Dataset Distillation" (arXiv 1811.10959), §3.4 and §4.3: learn `
 starting from *any* well-trained classifier, makes it predict class ``K`` as ``T`` while leaving
 the other classes alone. The outer objective is cross-entropy on real training batches with
 every label ``K`` replaced by ``T``; the distilled images keep their own class-major labels, as
-in the paper. ``θ0`` is drawn from a population of pretrained models; the batch is judged on a
+in the paper, or (``learn_labels``) learn soft labels alongside the images. ``θ0`` is drawn from a population of pretrained models; the batch is judged on a
 held-out population trained with disjoint seeds (and optionally on a population of another
 architecture or recipe, to measure transfer).
 """
@@ -56,6 +56,7 @@ class PoisonConfig(DistillConfig):
     eval_models: int = 50
     attack: int = 3
     target: int = 8
+    learn_labels: bool = False
     eval_population: str | None = None
     zoo: str | None = None
 
@@ -69,7 +70,7 @@ class PoisonConfig(DistillConfig):
             raise DDSecError(f"class indices must not be negative, got --attack {self.attack} --target {self.target}")
 
     def fingerprint(self) -> dict:
-        return {**super().fingerprint(), "attack": self.attack, "target": self.target}
+        return {**super().fingerprint(), "attack": self.attack, "target": self.target, "learn_labels": self.learn_labels}
 
 
 @dataclass
@@ -188,8 +189,10 @@ def run_poison(
         on_progress(progress, asr)
 
     start = time.perf_counter()
-    result = optimize(base, objective, initial_synthetic(base), checkpoint_path=checkpoint_path, resume=resume,
-                      on_progress=report)
+    synthetic = initial_synthetic(base)
+    if cfg.learn_labels:
+        synthetic = synthetic.with_learnable_labels(train.num_classes)
+    result = optimize(base, objective, synthetic, checkpoint_path=checkpoint_path, resume=resume, on_progress=report)
     seconds = time.perf_counter() - start
     kwargs = dict(attack=cfg.attack, target=cfg.target, n_models=cfg.eval_models, seed=cfg.seed + 1_000_003)
     evaluation = evaluate_attack(base.model, base.heldout, result.synthetic, test, **kwargs)
@@ -200,5 +203,5 @@ def run_poison(
         mean=train.mean, std=train.std, seed=cfg.seed, num_classes=train.num_classes, config=asdict(cfg),
         attack_class=cfg.attack, target_class=cfg.target,
     )
-    distilled = DistilledSet(result.synthetic.images, result.synthetic.labels, result.synthetic.lrs().detach(), meta)
+    distilled = DistilledSet(result.synthetic.images, result.synthetic.soft_labels(), result.synthetic.lrs().detach(), meta)
     return PoisonOutcome(distilled, evaluation, transfer, result.losses, seconds)

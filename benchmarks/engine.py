@@ -2,9 +2,11 @@
 
 Cases (the foundation issue's):
   (a) LeNet, MNIST-shaped 1×28×28, 10 steps × 3 epochs × 10 images, real batch 1024;
-  (b) AlexCifarNet, CIFAR-shaped 3×32×32, 10 steps × 3 epochs × 10 images, real batch 256.
+  (b) AlexCifarNet, CIFAR-shaped 3×32×32, 10 steps × 3 epochs × 10 images, real batch 256;
+  (c) the adaptation issue's AlexNet at 224 px (random weights), 20 classes (PASCAL-VOC), 1 step ×
+      3 epochs × 20 images, real batch 64, one fixed model.
 For each: ``hvp`` (recompute), ``hvp`` keeping step graphs, and ``autograd``, over 4 sampled
-models with ``vmap`` and with a Python ``loop``.
+models (one for (c)) with ``vmap`` and with a Python ``loop`` (only ``loop`` for (c)).
 
 Each configuration runs in a fresh subprocess so that its peak memory is its own: the figure is
 the rise of the process's resident-set high-water mark (``ru_maxrss``) over its RSS just before
@@ -26,6 +28,8 @@ import time
 CASES = {
     "a": dict(model="lenet", shape=(1, 28, 28), steps=10, epochs=3, ipc=1, batch=1024),
     "b": dict(model="alexcifarnet", shape=(3, 32, 32), steps=10, epochs=3, ipc=1, batch=256),
+    "c": dict(model="alexnet", shape=(3, 224, 224), steps=1, epochs=3, ipc=1, batch=64, classes=20, models=1,
+              batchings=("loop",)),
 }
 VARIANTS = [("hvp", False), ("hvp", True), ("autograd", False)]
 
@@ -43,12 +47,13 @@ def worker(case: str, mode: str, keep: bool, batching: str, iters: int, models: 
     from ddsec.models_zoo import create_model
 
     spec = CASES[case]
+    classes, models = spec.get("classes", 10), spec.get("models", models)
     gen = torch.Generator().manual_seed(0)
-    model = create_model(spec["model"], num_classes=10, in_chans=spec["shape"][0], image_size=spec["shape"][1]).eval()
-    synthetic = SyntheticSet.create(num_classes=10, ipc=spec["ipc"], steps=spec["steps"], epochs=spec["epochs"],
+    model = create_model(spec["model"], num_classes=classes, in_chans=spec["shape"][0], image_size=spec["shape"][1]).eval()
+    synthetic = SyntheticSet.create(num_classes=classes, ipc=spec["ipc"], steps=spec["steps"], epochs=spec["epochs"],
                                     image_shape=spec["shape"], init_lr=0.01, generator=gen)
     x = torch.randn(spec["batch"], *spec["shape"], generator=gen)
-    y = torch.randint(0, 10, (spec["batch"],), generator=gen)
+    y = torch.randint(0, classes, (spec["batch"],), generator=gen)
     init = RandomInit(model, "xavier")
 
     def one() -> None:
@@ -83,7 +88,7 @@ def main() -> None:
     rows = {}
     for case in args.cases:
         for mode, keep in VARIANTS:
-            for batching in ("vmap", "loop"):
+            for batching in CASES[case].get("batchings", ("vmap", "loop")):
                 out = subprocess.run(
                     [sys.executable, __file__, "--iters", str(args.iters), "--models", str(args.models),
                      "--worker", case, mode, "1" if keep else "0", batching],
@@ -97,10 +102,13 @@ def main() -> None:
     print()
     for case in args.cases:
         name = f"({case}) {CASES[case]['model']}"
-        hvp, auto = rows[(case, "hvp", "vmap")], rows[(case, "autograd", "vmap")]
-        loop = rows[(case, "hvp", "loop")]
-        print(f"{name}: hvp/autograd peak memory {hvp['peak_mib'] / auto['peak_mib']:.2f}, "
-              f"time {hvp['seconds'] / auto['seconds']:.2f}; loop/vmap time (hvp) {loop['seconds'] / hvp['seconds']:.2f}")
+        batching = CASES[case].get("batchings", ("vmap",))[0]
+        hvp, auto = rows[(case, "hvp", batching)], rows[(case, "autograd", batching)]
+        line = (f"{name}: hvp/autograd peak memory {hvp['peak_mib'] / auto['peak_mib']:.2f}, "
+                f"time {hvp['seconds'] / auto['seconds']:.2f}")
+        if (case, "hvp", "loop") in rows and (case, "hvp", "vmap") in rows:
+            line += f"; loop/vmap time (hvp) {rows[(case, 'hvp', 'loop')]['seconds'] / hvp['seconds']:.2f}"
+        print(line)
 
 
 if __name__ == "__main__":

@@ -100,8 +100,7 @@ def trained_predictions(
     """
     if n_models < 1:
         raise ValueError(f"n_models must be at least 1, got {n_models}")
-    synthetic = SyntheticSet(*(t.detach() for t in (synthetic.images, synthetic.labels, synthetic.raw_lrs)),
-                             synthetic.epochs)
+    synthetic = synthetic.detached()
     forward = population_forward(model, batching)
     before, after = [], []
     for start in range(0, n_models, chunk):

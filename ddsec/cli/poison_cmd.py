@@ -42,6 +42,7 @@ def poison(
     distill_lr: float = typer.Option(P.distill_lr, help="Initial step size of the victim's step."),
     decay_every: Optional[int] = typer.Option(None, help="Halve the learning rates every this many iterations."),
     mode: str = typer.Option(P.mode, help="Meta-gradient: hvp (back-gradient) | autograd (reference)."),
+    learn_labels: bool = typer.Option(P.learn_labels, help="Also learn soft labels for the images (default: each image keeps its own class, as in the paper)."),
     image_init: str = typer.Option(P.image_init, help="Start from random real images of each class (real) or noise."),
     seed: int = typer.Option(P.seed, help="Seed of every random draw."),
     device: str = typer.Option(P.device, help="auto | cpu | cuda."),
@@ -67,7 +68,7 @@ def poison(
         weights=weights, population=population, heldout_population=heldout, eval_population=eval_population,
         zoo=zoo, n_models=n_models, iterations=iterations, batch_size=batch_size, lr=lr, lr_step_sizes=lr_step_sizes,
         distill_lr=distill_lr, decay_every=decay_every, mode=mode, image_init=image_init, seed=seed, device=device,
-        eval_models=eval_models, attack=attack, target=target,
+        eval_models=eval_models, attack=attack, target=target, learn_labels=learn_labels,
     )
     output = out_path or Path("distilled") / f"poison-{dataset}-{model}-{attack}to{target}.safetensors"
     if output.suffix != ".safetensors":

@@ -14,7 +14,7 @@ from ddsec.engine.distributions import (
     distinct_draws,
 )
 from ddsec.engine.init import INIT_SCHEMES, init_module_, init_tensors
-from ddsec.engine.metagrad import MODES, meta_grad
+from ddsec.engine.metagrad import MODES, MetaGradient, meta_grad, meta_grads
 from ddsec.engine.objective import ClassificationObjective, Objective, RealBatches
 from ddsec.engine.outer import DistillResult, Progress, distill
 from ddsec.engine.population import (
@@ -36,6 +36,7 @@ __all__ = [
     "FixedInit",
     "InitDistribution",
     "LoopState",
+    "MetaGradient",
     "Objective",
     "PopulationInit",
     "Progress",
@@ -50,6 +51,7 @@ __all__ = [
     "inverse_softplus",
     "load_checkpoint",
     "meta_grad",
+    "meta_grads",
     "population_forward",
     "population_size",
     "resolve_batching",

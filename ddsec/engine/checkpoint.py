@@ -53,6 +53,7 @@ def save_checkpoint(path: str | Path, state: LoopState) -> Path:
         "images": syn.images.detach().cpu().contiguous(),
         "labels": syn.labels.detach().cpu().contiguous(),
         "raw_lrs": syn.raw_lrs.detach().cpu().contiguous(),
+        **({} if syn.label_logits is None else {"label_logits": syn.label_logits.detach().cpu().contiguous()}),
         "generator_state": state.generator_state.cpu().contiguous(),
         "losses": state.losses.detach().cpu().float().contiguous(),
         **{f"adam.{k}": v.detach().cpu().contiguous() for k, v in state.adam.items()},
@@ -86,7 +87,8 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Loo
                 " delete it or point --out elsewhere"
             )
         synthetic = SyntheticSet(
-            tensors["images"], tensors["labels"], tensors["raw_lrs"], int(metadata["epochs"])
+            tensors["images"], tensors["labels"], tensors["raw_lrs"], int(metadata["epochs"]),
+            tensors.get("label_logits"),
         )
         adam = {k.removeprefix("adam."): v for k, v in tensors.items() if k.startswith("adam.")}
         return LoopState(

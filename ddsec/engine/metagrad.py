@@ -19,12 +19,15 @@ kept from the forward pass instead of rebuilt (faster, ``O(T·activations)`` mem
 ``autograd``, the reference: plain double-backward through the whole unroll.
 
 Both support populations (a leading model dimension on every parameter tensor): the loss and
-the gradients are then averaged over the models.
+the gradients are then averaged over the models. When the set's labels are learned
+(``label_logits``), :func:`meta_grads` also returns their gradient: the same
+``torch.autograd.grad`` call takes the mixed term ``(∂²ℓ_t/∂ỹ∂θ)ᵀ g`` as well.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +39,24 @@ from ddsec.engine.unroll import Forward, expand_targets, inner_grad, leaves, sgd
 
 MODES = ("hvp", "autograd")
 LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+class MetaGradient(NamedTuple):
+    """The outer loss and its gradients (``label_logits`` is ``None`` unless labels are learned)."""
+
+    loss: Tensor
+    images: Tensor
+    raw_lrs: Tensor
+    label_logits: Tensor | None
+
+
+def _targets(synthetic: SyntheticSet, s: int, track: bool) -> tuple[Tensor, Tensor | None]:
+    """Step ``s``'s inner targets and, for learned labels, the logits leaf they were built from."""
+    if synthetic.label_logits is None:
+        return synthetic.labels[s], None
+    leaf = synthetic.label_logits[s].detach().clone().requires_grad_(track)
+    with torch.enable_grad():
+        return torch.softmax(leaf, dim=-1), leaf
 
 
 def _outer_loss(forward: Forward, theta: Params, x: Tensor, y: Tensor, loss_fn: LossFn) -> Tensor:
@@ -69,20 +90,21 @@ def _hvp(
     y_real: Tensor,
     loss_fn: LossFn,
     keep_graphs: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> MetaGradient:
     lrs = synthetic.lrs().detach()
     images = synthetic.images.detach()
     steps = synthetic.steps
 
-    # Forward: θ_0 … θ_T, plus (θ_t leaf, x̃ leaf, G_t with graph) when keeping graphs.
+    # Forward: θ_0 … θ_T, plus (θ_t leaf, x̃ leaf, label leaf, G_t with graph) when keeping graphs.
     thetas: list[Params] = [{k: v.detach() for k, v in theta0.items()}]
-    kept: list[tuple[Params, Tensor, tuple[Tensor, ...]]] = []
+    kept: list[tuple[Params, Tensor, Tensor | None, tuple[Tensor, ...]]] = []
     for t in range(synthetic.total_steps):
         theta = leaves(thetas[-1])
         x = images[t % steps].clone().requires_grad_(keep_graphs)
-        grads = inner_grad(forward, theta, x, synthetic.labels[t % steps], create_graph=keep_graphs)
+        y, label_leaf = _targets(synthetic, t % steps, keep_graphs)
+        grads = inner_grad(forward, theta, x, y, create_graph=keep_graphs)
         if keep_graphs:
-            kept.append((theta, x, grads))
+            kept.append((theta, x, label_leaf, grads))
         thetas.append({k: v.detach() for k, v in sgd_step(thetas[-1], grads, lrs[t]).items()})
 
     theta_T = leaves(thetas[-1])
@@ -92,23 +114,27 @@ def _hvp(
 
     images_grad = torch.zeros_like(images)
     eta_grad = torch.zeros_like(lrs)
+    labels_grad = None if synthetic.label_logits is None else torch.zeros_like(synthetic.label_logits.detach())
     for t in reversed(range(synthetic.total_steps)):
         s = t % steps
         if keep_graphs:
-            theta, x, grads = kept.pop()
+            theta, x, label_leaf, grads = kept.pop()
         else:
             theta = leaves(thetas[t])
             x = images[s].clone().requires_grad_(True)
-            grads = inner_grad(forward, theta, x, synthetic.labels[s], create_graph=True)
+            y, label_leaf = _targets(synthetic, s, True)
+            grads = inner_grad(forward, theta, x, y, create_graph=True)
         eta_grad[t] = -sum((G.detach() * gi).sum() for G, gi in zip(grads, g))
-        *hg, xg = torch.autograd.grad(
-            grads, [*theta.values(), x], grad_outputs=g, materialize_grads=True
-        )
+        inputs = [*theta.values(), x, *([] if label_leaf is None else [label_leaf])]
+        mixed = torch.autograd.grad(grads, inputs, grad_outputs=g, materialize_grads=True)
+        hg, xg = mixed[: len(theta)], mixed[len(theta)]
         images_grad[s] -= lrs[t] * xg
+        if labels_grad is not None:
+            labels_grad[s] -= lrs[t] * mixed[-1]
         g = tuple(gi - lrs[t] * h for gi, h in zip(g, hg))
         thetas[t + 1] = {}  # free θ_{t+1} as soon as it is no longer needed
     raw_grad = eta_grad * torch.sigmoid(synthetic.raw_lrs.detach())
-    return loss.detach(), images_grad, raw_grad
+    return MetaGradient(loss.detach(), images_grad, raw_grad, labels_grad)
 
 
 def _autograd(
@@ -118,22 +144,26 @@ def _autograd(
     x_real: Tensor,
     y_real: Tensor,
     loss_fn: LossFn,
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> MetaGradient:
     images = synthetic.images.detach().requires_grad_(True)
     raw = synthetic.raw_lrs.detach().requires_grad_(True)
+    logits = None if synthetic.label_logits is None else synthetic.label_logits.detach().requires_grad_(True)
     with torch.enable_grad():
         lrs = F.softplus(raw)
         theta = leaves(theta0)
         for t in range(synthetic.total_steps):
             s = t % synthetic.steps
-            grads = inner_grad(forward, theta, images[s], synthetic.labels[s], create_graph=True)
+            y = synthetic.labels[s] if logits is None else torch.softmax(logits[s], dim=-1)
+            grads = inner_grad(forward, theta, images[s], y, create_graph=True)
             theta = sgd_step(theta, grads, lrs[t])
         loss = _outer_loss(forward, theta, x_real, y_real, loss_fn)
-        images_grad, raw_grad = torch.autograd.grad(loss, [images, raw])
-    return loss.detach(), images_grad, raw_grad
+        images_grad, raw_grad, *labels_grad = torch.autograd.grad(
+            loss, [images, raw, *([] if logits is None else [logits])]
+        )
+    return MetaGradient(loss.detach(), images_grad, raw_grad, labels_grad[0] if labels_grad else None)
 
 
-def meta_grad(
+def meta_grads(
     model: nn.Module,
     params: Mapping[str, Tensor],
     synthetic: SyntheticSet,
@@ -144,8 +174,8 @@ def meta_grad(
     keep_graphs: bool = False,
     batching: str = "auto",
     loss_fn: LossFn = F.cross_entropy,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Outer loss after the unroll, and its gradients w.r.t. the images and raw step sizes.
+) -> MetaGradient:
+    """Outer loss after the unroll, and its gradients w.r.t. the images, raw step sizes and learned labels.
 
     Args:
         model: any ``nn.Module``; used only through ``functional_call`` (its own parameters are
@@ -163,8 +193,9 @@ def meta_grad(
         loss_fn: outer loss on ``(logits [B', K], targets [B'])`` returning the batch mean.
 
     Returns:
-        ``(loss, images_grad, raw_lrs_grad)``: the scalar outer loss (averaged over models),
-        ``images_grad`` shaped like ``synthetic.images`` and ``raw_lrs_grad`` shaped ``[T]``.
+        ``(loss, images, raw_lrs, label_logits)``: the scalar outer loss (averaged over models)
+        and its gradients, shaped like ``synthetic.images``, ``[T]`` and ``synthetic.label_logits``
+        (``None`` when the labels are not learned).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -181,3 +212,22 @@ def meta_grad(
     if mode == "hvp":
         return _hvp(forward, theta0, synthetic, x_real, y_real, loss_fn, keep_graphs)
     return _autograd(forward, theta0, synthetic, x_real, y_real, loss_fn)
+
+
+def meta_grad(
+    model: nn.Module,
+    params: Mapping[str, Tensor],
+    synthetic: SyntheticSet,
+    x_real: Tensor,
+    y_real: Tensor,
+    **kwargs,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(loss, images_grad, raw_lrs_grad)``: :func:`meta_grads` without the labels' gradient.
+
+    Args and keywords as :func:`meta_grads` (``mode``, ``keep_graphs``, ``batching``, ``loss_fn``).
+
+    Returns:
+        The scalar outer loss (averaged over models), ``images_grad`` shaped like
+        ``synthetic.images`` and ``raw_lrs_grad`` shaped ``[T]``.
+    """
+    return tuple(meta_grads(model, params, synthetic, x_real, y_real, **kwargs)[:3])

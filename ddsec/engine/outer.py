@@ -22,13 +22,13 @@ import torch
 from torch import Tensor
 
 from ddsec.engine.checkpoint import LoopState, load_checkpoint, save_checkpoint
-from ddsec.engine.metagrad import meta_grad
+from ddsec.engine.metagrad import meta_grads
 from ddsec.engine.objective import Objective
 from ddsec.engine.synthetic import SyntheticSet
 from ddsec.errors import DDSecError, NonFiniteError
 
 NONFINITE_POLICIES = ("stop", "backoff")
-_TRAINED = ("images", "raw_lrs")
+_TRAINED = ("images", "raw_lrs", "label_logits")  # Adam parameter groups, in order
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,7 @@ def distill(
     n_models: int = 1,
     lr: float = 0.01,
     lr_step_sizes: float | None = None,
+    lr_labels: float | None = None,
     betas: tuple[float, float] = (0.5, 0.999),
     decay_every: int | None = None,
     decay_factor: float = 0.5,
@@ -117,6 +118,8 @@ def distill(
         n_models: initial weights sampled per iteration (evaluated together, see ``batching``).
         lr: Adam learning rate for the images.
         lr_step_sizes: Adam learning rate for the raw step sizes (default ``lr``).
+        lr_labels: Adam learning rate for ``synthetic.label_logits`` when the labels are learned
+            (default ``lr``).
         betas: Adam betas; the paper uses (0.5, 0.999).
         decay_every: multiply both learning rates by ``decay_factor`` every this many iterations.
         decay_factor: see ``decay_every``.
@@ -145,10 +148,12 @@ def distill(
     fingerprint = dict(fingerprint or {})
     images = synthetic.images.detach().clone().requires_grad_(True)
     raw_lrs = synthetic.raw_lrs.detach().clone().requires_grad_(True)
-    current = SyntheticSet(images, synthetic.labels.detach().clone(), raw_lrs, synthetic.epochs)
-    optimizer = torch.optim.Adam(
-        [{"params": [images], "lr": lr}, {"params": [raw_lrs], "lr": lr_step_sizes or lr}], betas=betas
-    )
+    logits = None if synthetic.label_logits is None else synthetic.label_logits.detach().clone().requires_grad_(True)
+    current = SyntheticSet(images, synthetic.labels.detach().clone(), raw_lrs, synthetic.epochs, logits)
+    groups = [{"params": [images], "lr": lr}, {"params": [raw_lrs], "lr": lr_step_sizes or lr}]
+    if logits is not None:
+        groups.append({"params": [logits], "lr": lr_labels or lr})
+    optimizer = torch.optim.Adam(groups, betas=betas)
     base_lrs = [group["lr"] for group in optimizer.param_groups]
     generator = torch.Generator().manual_seed(seed)
     losses: list[float] = []
@@ -163,11 +168,16 @@ def distill(
                 f"checkpoint {checkpoint_path} was made with other settings ({', '.join(changed)});"
                 " rerun with the same options, or start over without --resume"
             )
-        if state.synthetic.images.shape != images.shape or state.synthetic.raw_lrs.shape != raw_lrs.shape:
+        saved_logits = state.synthetic.label_logits
+        if (state.synthetic.images.shape != images.shape or state.synthetic.raw_lrs.shape != raw_lrs.shape
+                or (saved_logits is None) != (logits is None)
+                or (logits is not None and saved_logits.shape != logits.shape)):
             raise DDSecError(f"checkpoint {checkpoint_path} holds a set of another shape; start over without --resume")
         with torch.no_grad():
             images.copy_(state.synthetic.images)
             raw_lrs.copy_(state.synthetic.raw_lrs)
+            if logits is not None:
+                logits.copy_(saved_logits)
         _load_adam_state(optimizer, state.adam)
         generator.set_state(state.generator_state)
         losses = state.losses.tolist()
@@ -191,11 +201,11 @@ def distill(
                 group["lr"] = base * decay * lr_scale
             x_real, y_real = objective.real_batch(generator)
             params = objective.init.sample(n_models, generator)
-            loss, images_grad, raw_grad = meta_grad(
+            loss, images_grad, raw_grad, labels_grad = meta_grads(
                 model, params, current, x_real, y_real, mode=mode, keep_graphs=keep_graphs,
                 batching=batching, loss_fn=objective.outer_loss,
             )
-            if not _finite(loss, images_grad, raw_grad):
+            if not _finite(loss, images_grad, raw_grad, *([] if labels_grad is None else [labels_grad])):
                 backoffs_in_a_row += 1
                 total_backoffs += 1
                 if on_nonfinite == "stop" or backoffs_in_a_row > max_backoffs:
@@ -211,6 +221,8 @@ def distill(
                 continue
             backoffs_in_a_row = 0
             images.grad, raw_lrs.grad = images_grad, raw_grad
+            if logits is not None:
+                logits.grad = labels_grad
             optimizer.step()
             iteration += 1
             losses.append(float(loss))
@@ -223,5 +235,5 @@ def distill(
     except KeyboardInterrupt:
         checkpoint(iteration)
         raise
-    final = SyntheticSet(images.detach(), current.labels, raw_lrs.detach(), current.epochs)
+    final = current.detached()
     return DistillResult(final, torch.tensor(losses, dtype=torch.float32), start, total_backoffs)

@@ -38,12 +38,16 @@ class SyntheticSet:
         labels: int64 ``[S, N]`` class indices, or float ``[S, N, K]`` soft labels.
         raw_lrs: float ``[T]`` with ``T = S·epochs``; the step sizes are ``softplus(raw_lrs)``.
         epochs: how many times the ``S`` step batches are replayed.
+        label_logits: optional float ``[S, N, K]``: learnable labels. When given, the inner steps
+            use the soft targets ``softmax(label_logits)`` instead of ``labels`` (which then only
+            record the class layout the set started from).
     """
 
     images: Tensor
     labels: Tensor
     raw_lrs: Tensor
     epochs: int = 1
+    label_logits: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.images.dim() != 5:
@@ -58,6 +62,9 @@ class SyntheticSet:
             )
         if self.labels.dim() == 2 and self.labels.dtype != torch.int64:
             raise ValueError(f"hard labels must be int64, got {self.labels.dtype}")
+        if self.label_logits is not None and (self.label_logits.dim() != 3
+                                              or tuple(self.label_logits.shape[:2]) != (steps, per_step)):
+            raise ValueError(f"label_logits must be [S={steps}, N={per_step}, K], got {tuple(self.label_logits.shape)}")
         if tuple(self.raw_lrs.shape) != (steps * self.epochs,):
             raise ValueError(
                 f"raw_lrs must be [T] with T = S·epochs = {steps * self.epochs},"
@@ -114,7 +121,32 @@ class SyntheticSet:
         """The positive step sizes ``softplus(raw_lrs)``: ``[T]``."""
         return F.softplus(self.raw_lrs)
 
+    def targets(self, s: int) -> Tensor:
+        """The inner-loss targets of step batch ``s``: ``labels[s]`` (``[N]`` or ``[N, K]``), or
+        ``softmax(label_logits[s])`` ``[N, K]`` when the labels are learned."""
+        return self.labels[s] if self.label_logits is None else torch.softmax(self.label_logits[s], dim=-1)
+
     def batch(self, t: int) -> tuple[Tensor, Tensor]:
-        """Images ``[N, C, H, W]`` and labels ``[N]`` (or ``[N, K]``) used at inner step ``t``."""
+        """Images ``[N, C, H, W]`` and targets ``[N]`` (or ``[N, K]``) used at inner step ``t``."""
         s = t % self.steps
-        return self.images[s], self.labels[s]
+        return self.images[s], self.targets(s)
+
+    def detached(self) -> SyntheticSet:
+        """The same set with every tensor detached (constants for evaluation)."""
+        logits = None if self.label_logits is None else self.label_logits.detach()
+        return SyntheticSet(self.images.detach(), self.labels.detach(), self.raw_lrs.detach(), self.epochs, logits)
+
+    def with_learnable_labels(self, num_classes: int, confidence: float = 0.9) -> SyntheticSet:
+        """This set with ``label_logits`` initialised so that each image's own class gets probability
+        ``confidence`` and the others share the rest (hard labels only)."""
+        if self.labels.dim() != 2:
+            raise ValueError("learnable labels start from hard labels [S, N]")
+        if not 1 / num_classes < confidence < 1:
+            raise ValueError(f"confidence must lie in (1/K, 1), got {confidence}")
+        gap = math.log(confidence * (num_classes - 1) / (1 - confidence))
+        logits = F.one_hot(self.labels, num_classes).to(self.images.dtype) * gap
+        return SyntheticSet(self.images, self.labels, self.raw_lrs, self.epochs, logits)
+
+    def soft_labels(self) -> Tensor:
+        """The labels to export: ``labels``, or ``softmax(label_logits)`` ``[S, N, K]`` when learned."""
+        return self.labels if self.label_logits is None else torch.softmax(self.label_logits.detach(), dim=-1)

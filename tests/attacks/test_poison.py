@@ -86,13 +86,15 @@ def test_cli_json_and_export(zoo, tmp_path):
     out = tmp_path / "p.safetensors"
     result = runner.invoke(app, ["poison", "--zoo", str(zoo), "--model", "mlp", "--iterations", "2",
                                  "--n-models", "2", "--eval-models", "2", "--batch-size", "64", "--out", str(out),
-                                 "--eval-population", "digits-mlp", "--quiet", "--json"])
+                                 "--eval-population", "digits-mlp", "--learn-labels", "--quiet", "--json"])
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout.strip().splitlines()[-1])
     for key in ("asr_mean", "asr_std", "acc_other_before", "acc_other_after", "acc_modified_mean"):
         assert 0.0 <= payload["eval"][key] <= 1.0
     assert payload["transfer"]["models"] == 2 and payload["output"] == str(out)
-    assert load_distilled(out).meta.task == "poison"
+    dset = load_distilled(out)
+    assert dset.meta.task == "poison" and dset.meta.config["learn_labels"]
+    assert dset.labels.shape == (1, 10, 10) and torch.allclose(dset.labels.sum(-1), torch.ones(1, 10))
 
 
 @pytest.mark.parametrize("args, message", [
