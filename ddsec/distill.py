@@ -292,7 +292,8 @@ def prepare_eval(
 
     dset = load_distilled(path)
     if dset.meta.task != "distill":
-        raise DDSecError(f"{path} is a {dset.meta.task} set; evaluate it with `ddsec {dset.meta.task}`")
+        raise DDSecError(f"{path} is a {dset.meta.task} set; `ddsec eval` evaluates distill sets only, and the"
+                         f" `ddsec {dset.meta.task}` run that wrote it reports its own evaluation (see its --json)")
     cfg = config_from_meta(dset.meta, data_dir=data_dir, heldout_population=heldout_population, device=device)
     job = prepare_distill(cfg)
     if tuple(job.test.image_shape) != tuple(dset.images.shape[2:]):

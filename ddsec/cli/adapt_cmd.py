@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
+from ddsec.cli import options as O
 from ddsec.adapt.adapt import AdaptConfig as A
-from ddsec.cli.distill_cmd import checkpoint_for
 from ddsec.cli.render import err, out, percent, print_json, progress_bar, result_table, user_errors
 from ddsec.errors import DDSecError
 
@@ -17,8 +17,8 @@ from ddsec.errors import DDSecError
 def adapt(
     src: str = typer.Option(..., help="Source domain the models were trained on: mnist | usps | svhn | imagenet."),
     tgt: str = typer.Option(..., help="Target domain: mnist | usps | svhn (digit sources) or voc | cub (imagenet)."),
-    data_dir: Optional[str] = typer.Option(None, help="Data root (default $DDSEC_DATA, else ~/.cache/ddsec/data)."),
-    download: bool = typer.Option(False, help="Fetch a missing MNIST/USPS/SVHN with torchvision (needs the internet)."),
+    data_dir: Optional[str] = O.DATA_DIR,
+    download: bool = O.DOWNLOAD,
     model: Optional[str] = typer.Option(None, help="Registered model (default lenet; alexnet for imagenet)."),
     steps: Optional[int] = typer.Option(None, help="Distinct synthetic step batches S (default 10; 1 for imagenet)."),
     epochs: Optional[int] = typer.Option(None, help="Times the S batches are replayed (default 3)."),
@@ -28,26 +28,26 @@ def adapt(
     population: Optional[str] = typer.Option(None, help="Source population: zoo name or path (default <src>-<model>[-<size>px<c>c], trained on first use)."),
     heldout: Optional[str] = typer.Option(None, help="Held-out source population (default: the source entry's)."),
     weights: Optional[str] = typer.Option(None, help="--init fixed: the source model's weights (default: the population's first model); imagenet: torchvision's AlexNet .pth or .safetensors."),
-    zoo: Optional[str] = typer.Option(None, help="Zoo folder (default $DDSEC_ZOO, else ~/.cache/ddsec/zoo)."),
+    zoo: Optional[str] = O.ZOO,
     n_models: int = typer.Option(A.n_models, help="Source models drawn per outer iteration."),
     iterations: int = typer.Option(A.iterations, help="Outer iterations."),
     batch_size: int = typer.Option(A.batch_size, help="Real target images per outer iteration."),
     lr: float = typer.Option(A.lr, help="Adam learning rate for the images."),
-    lr_step_sizes: Optional[float] = typer.Option(None, help="Adam learning rate for the raw step sizes (default --lr)."),
+    lr_step_sizes: Optional[float] = O.LR_STEP_SIZES,
     distill_lr: float = typer.Option(A.distill_lr, help="Initial inner step size."),
-    decay_every: Optional[int] = typer.Option(None, help="Halve the learning rates every this many iterations."),
-    mode: str = typer.Option(A.mode, help="Meta-gradient: hvp (back-gradient) | autograd (reference)."),
-    keep_graphs: bool = typer.Option(A.keep_graphs, help="hvp: keep each step's graph instead of recomputing it."),
-    seed: int = typer.Option(A.seed, help="Seed of every random draw."),
-    device: str = typer.Option(A.device, help="auto | cpu | cuda."),
+    decay_every: Optional[int] = O.DECAY_EVERY,
+    mode: str = O.MODE,
+    keep_graphs: bool = O.KEEP_GRAPHS,
+    seed: int = O.SEED,
+    device: str = O.DEVICE,
     out_path: Optional[Path] = typer.Option(None, "--out", help="Output .safetensors (default distilled/adapt-<src>-<tgt>.safetensors)."),
-    resume: bool = typer.Option(False, help="Continue an interrupted run from its checkpoint."),
-    force: bool = typer.Option(False, help="Start over even if an unfinished run's checkpoint exists."),
+    resume: bool = O.RESUME,
+    force: bool = O.FORCE,
     eval_models: int = typer.Option(A.eval_models, help="Held-out source models evaluated (at most the population's size)."),
     baseline: list[str] = typer.Option([], help="Also evaluate: random | optimized | kmeans | average | all (repeatable)."),
     finetune_steps: int = typer.Option(0, help="Also report fine-tuning held-out source models on the whole target training set for this many Adam steps (0: skip)."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object as the last line of stdout."),
-    quiet: bool = typer.Option(False, help="No progress bars."),
+    json_out: bool = O.JSON,
+    quiet: bool = O.QUIET,
 ) -> None:
     """Distil a few target images whose steps adapt source-pretrained models to the target domain."""
     from ddsec.adapt import adapt_meta, finetune_reference, pair_defaults, prepare_adapt
@@ -72,14 +72,8 @@ def adapt(
         iterations=iterations, batch_size=batch_size, lr=lr, lr_step_sizes=lr_step_sizes, distill_lr=distill_lr,
         decay_every=decay_every, mode=mode, keep_graphs=keep_graphs, seed=seed, device=device, eval_models=eval_models,
     )
-    output = out_path or Path("distilled") / f"adapt-{src}-{tgt}-{model}.safetensors"
-    if output.suffix != ".safetensors":
-        raise DDSecError(f"--out must end in .safetensors, got {output}")
-    checkpoint = checkpoint_for(output)
-    if checkpoint.exists() and not (resume or force):
-        raise DDSecError(f"an unfinished run left {checkpoint}; pass --resume to continue it or --force to start over")
-    if force:
-        checkpoint.unlink(missing_ok=True)
+    default = Path("distilled") / f"adapt-{src}-{tgt}-{model}.safetensors"
+    output, checkpoint = O.output_paths(out_path, default, resume=resume, force=force)
     job = prepare_adapt(cfg, train_entry=lambda name, size, channels: train_on_first_use(
         name, dataset=src, model=model, quiet=quiet, root=zoo, data_dir=data_dir, download=download,
         image_size=size, channels=channels, device=resolve_device(device)))

@@ -7,23 +7,19 @@ from typing import Optional
 
 import typer
 
+from ddsec.cli import options as O
 from ddsec.cli.render import err, out, percent, print_json, progress_bar, result_table, user_errors
 from ddsec.distill import DistillConfig as D
 from ddsec.distill import prepare_distill, run_distill
-from ddsec.errors import DDSecError
 from ddsec.export import save_distilled
 
-
-def checkpoint_for(output: Path) -> Path:
-    """Where a run writing ``output`` keeps its checkpoint."""
-    return output.with_name(output.name + ".ckpt")
 
 
 @user_errors
 def distill(
     dataset: str = typer.Option(D.dataset, help="digits (embedded), mnist, usps, svhn, cifar10, voc, cub, imagefolder."),
-    data_dir: Optional[str] = typer.Option(None, help="Data root (default $DDSEC_DATA, else ~/.cache/ddsec/data); for imagefolder, the tree."),
-    download: bool = typer.Option(False, help="Fetch a missing MNIST/USPS/SVHN/CIFAR-10 with torchvision (needs the internet)."),
+    data_dir: Optional[str] = O.DATA_DIR,
+    download: bool = O.DOWNLOAD,
     model: str = typer.Option(D.model, help="Registered model (see models_zoo)."),
     steps: int = typer.Option(D.steps, help="Distinct synthetic step batches S."),
     epochs: int = typer.Option(D.epochs, help="Times the S batches are replayed (T = S × epochs)."),
@@ -38,21 +34,21 @@ def distill(
     iterations: int = typer.Option(D.iterations, help="Outer iterations."),
     batch_size: int = typer.Option(D.batch_size, help="Real images per outer iteration."),
     lr: float = typer.Option(D.lr, help="Adam learning rate for the images."),
-    lr_step_sizes: Optional[float] = typer.Option(None, help="Adam learning rate for the raw step sizes (default --lr)."),
+    lr_step_sizes: Optional[float] = O.LR_STEP_SIZES,
     distill_lr: float = typer.Option(D.distill_lr, help="Initial inner step size."),
-    decay_every: Optional[int] = typer.Option(None, help="Halve the learning rates every this many iterations."),
-    mode: str = typer.Option(D.mode, help="Meta-gradient: hvp (back-gradient) | autograd (reference)."),
-    keep_graphs: bool = typer.Option(D.keep_graphs, help="hvp: keep each step's graph instead of recomputing it (faster, more memory)."),
+    decay_every: Optional[int] = O.DECAY_EVERY,
+    mode: str = O.MODE,
+    keep_graphs: bool = O.KEEP_GRAPHS,
     image_init: str = typer.Option(D.image_init, help="Start images from random real ones of each class (real) or noise."),
-    seed: int = typer.Option(D.seed, help="Seed of every random draw."),
-    device: str = typer.Option(D.device, help="auto | cpu | cuda."),
+    seed: int = O.SEED,
+    device: str = O.DEVICE,
     out_path: Optional[Path] = typer.Option(None, "--out", help="Output .safetensors (default distilled/<dataset>-<model>.safetensors)."),
-    resume: bool = typer.Option(False, help="Continue an interrupted run from its checkpoint."),
-    force: bool = typer.Option(False, help="Start over even if an unfinished run's checkpoint exists."),
+    resume: bool = O.RESUME,
+    force: bool = O.FORCE,
     eval_models: int = typer.Option(D.eval_models, help="Held-out models for the final evaluation."),
     eval_every: Optional[int] = typer.Option(None, help="Quick held-out accuracy every N iterations (default: 5 times a run)."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object as the last line of stdout."),
-    quiet: bool = typer.Option(False, help="No progress bar."),
+    json_out: bool = O.JSON,
+    quiet: bool = O.QUIET,
 ) -> None:
     """Distil a dataset into a few synthetic images and learned step sizes."""
     cfg = D(
@@ -63,14 +59,8 @@ def distill(
         keep_graphs=keep_graphs, image_init=image_init,
         seed=seed, device=device, eval_models=eval_models,
     )
-    output = out_path or Path("distilled") / f"{dataset}-{model}.safetensors"
-    if output.suffix != ".safetensors":
-        raise DDSecError(f"--out must end in .safetensors, got {output}")
-    checkpoint = checkpoint_for(output)
-    if checkpoint.exists() and not (resume or force):
-        raise DDSecError(f"an unfinished run left {checkpoint}; pass --resume to continue it or --force to start over")
-    if force:
-        checkpoint.unlink(missing_ok=True)
+    default = Path("distilled") / f"{dataset}-{model}.safetensors"
+    output, checkpoint = O.output_paths(out_path, default, resume=resume, force=force)
     with err.status("loading data and building the model…"):
         job = prepare_distill(cfg)
     every = eval_every if eval_every is not None else max(1, iterations // 5)

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Optional
 import typer
 from rich.table import Table
 
+from ddsec.cli import options as O
 from ddsec.attacks.poison import PoisonConfig as P
-from ddsec.cli.distill_cmd import checkpoint_for
 from ddsec.cli.render import out, percent, print_json, progress_bar, result_table, user_errors
 from ddsec.errors import DDSecError
 
@@ -22,8 +22,8 @@ def poison(
     attack: int = typer.Option(P.attack, help="Class K whose images should be misclassified."),
     target: int = typer.Option(P.target, help="Class T they should be predicted as."),
     dataset: str = typer.Option(P.dataset, help="digits (embedded), mnist, usps, svhn, cifar10, voc, cub, imagefolder."),
-    data_dir: Optional[str] = typer.Option(None, help="Data root (default $DDSEC_DATA, else ~/.cache/ddsec/data)."),
-    download: bool = typer.Option(False, help="Fetch a missing MNIST/USPS/SVHN/CIFAR-10 with torchvision (needs the internet)."),
+    data_dir: Optional[str] = O.DATA_DIR,
+    download: bool = O.DOWNLOAD,
     model: str = typer.Option(P.model, help="Registered model (the victims' architecture)."),
     steps: int = typer.Option(P.steps, help="Distinct poisoned step batches S (the one-step attack is the default)."),
     epochs: int = typer.Option(P.epochs, help="Times the S batches are replayed."),
@@ -33,26 +33,26 @@ def poison(
     heldout: Optional[str] = typer.Option(None, help="Held-out population for evaluation (default: the training entry's held-out models)."),
     eval_population: Optional[str] = typer.Option(None, help="Also evaluate on this population (another architecture or recipe) to measure transfer."),
     weights: Optional[str] = typer.Option(None, help="Weights of the one victim for --init pretrained."),
-    zoo: Optional[str] = typer.Option(None, help="Zoo folder (default $DDSEC_ZOO, else ~/.cache/ddsec/zoo)."),
+    zoo: Optional[str] = O.ZOO,
     n_models: int = typer.Option(P.n_models, help="Pretrained models drawn per outer iteration."),
     iterations: int = typer.Option(P.iterations, help="Outer iterations."),
     batch_size: int = typer.Option(P.batch_size, help="Real images (labels K→T) per outer iteration."),
     lr: float = typer.Option(P.lr, help="Adam learning rate for the images."),
-    lr_step_sizes: Optional[float] = typer.Option(None, help="Adam learning rate for the raw step sizes (default --lr)."),
+    lr_step_sizes: Optional[float] = O.LR_STEP_SIZES,
     distill_lr: float = typer.Option(P.distill_lr, help="Initial step size of the victim's step."),
-    decay_every: Optional[int] = typer.Option(None, help="Halve the learning rates every this many iterations."),
-    mode: str = typer.Option(P.mode, help="Meta-gradient: hvp (back-gradient) | autograd (reference)."),
+    decay_every: Optional[int] = O.DECAY_EVERY,
+    mode: str = O.MODE,
     learn_labels: bool = typer.Option(P.learn_labels, help="Also learn soft labels for the images (default: each image keeps its own class, as in the paper)."),
     image_init: str = typer.Option(P.image_init, help="Start from random real images of each class (real) or noise."),
-    seed: int = typer.Option(P.seed, help="Seed of every random draw."),
-    device: str = typer.Option(P.device, help="auto | cpu | cuda."),
+    seed: int = O.SEED,
+    device: str = O.DEVICE,
     out_path: Optional[Path] = typer.Option(None, "--out", help="Output .safetensors (default distilled/poison-<dataset>-<K>to<T>.safetensors)."),
-    resume: bool = typer.Option(False, help="Continue an interrupted run from its checkpoint."),
-    force: bool = typer.Option(False, help="Start over even if an unfinished run's checkpoint exists."),
+    resume: bool = O.RESUME,
+    force: bool = O.FORCE,
     eval_models: int = typer.Option(P.eval_models, help="Held-out models evaluated (at most the population's size)."),
     baseline: list[str] = typer.Option([], help="Also run a label-flip baseline: flip-random | flip-average | flip-kmeans | all (repeatable)."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object as the last line of stdout."),
-    quiet: bool = typer.Option(False, help="No progress bars."),
+    json_out: bool = O.JSON,
+    quiet: bool = O.QUIET,
 ) -> None:
     """Learn a few images whose ONE training step makes trained models predict class K as T."""
     from ddsec.attacks import FLIP_KINDS, prepare_poison, run_poison
@@ -70,14 +70,8 @@ def poison(
         distill_lr=distill_lr, decay_every=decay_every, mode=mode, image_init=image_init, seed=seed, device=device,
         eval_models=eval_models, attack=attack, target=target, learn_labels=learn_labels,
     )
-    output = out_path or Path("distilled") / f"poison-{dataset}-{model}-{attack}to{target}.safetensors"
-    if output.suffix != ".safetensors":
-        raise DDSecError(f"--out must end in .safetensors, got {output}")
-    checkpoint = checkpoint_for(output)
-    if checkpoint.exists() and not (resume or force):
-        raise DDSecError(f"an unfinished run left {checkpoint}; pass --resume to continue it or --force to start over")
-    if force:
-        checkpoint.unlink(missing_ok=True)
+    default = Path("distilled") / f"poison-{dataset}-{model}-{attack}to{target}.safetensors"
+    output, checkpoint = O.output_paths(out_path, default, resume=resume, force=force)
     job = prepare_poison(cfg, train_entry=lambda name: train_on_first_use(
         name, dataset=dataset, model=model, quiet=quiet, root=zoo, data_dir=data_dir, download=download,
         device=resolve_device(device)))

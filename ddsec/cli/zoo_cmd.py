@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from ddsec.cli import options as O
 from ddsec.cli.render import err, out, percent, print_json, progress_bar, user_errors
 from ddsec.distill import resolve_device
 from ddsec.models_zoo.train import TrainRecipe
@@ -56,12 +57,12 @@ def train(
     seed: int = typer.Option(0, help="First seed; held-out models use seeds from 1,000,000 on."),
     group: int = typer.Option(10, help="Models trained together and saved as one shard."),
     batching: str = typer.Option("auto", help="auto (vmap on GPU, loop on CPU) | vmap | loop."),
-    root: Optional[str] = typer.Option(None, help="Zoo folder (default $DDSEC_ZOO, else ~/.cache/ddsec/zoo)."),
-    data_dir: Optional[str] = typer.Option(None, help="Data root (default $DDSEC_DATA)."),
-    device: str = typer.Option("auto", help="auto | cpu | cuda."),
-    download: bool = typer.Option(False, help="Fetch a missing MNIST/USPS/SVHN/CIFAR-10 with torchvision (needs the internet)."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object as the last line of stdout."),
-    quiet: bool = typer.Option(False, help="No progress bar."),
+    root: Optional[str] = O.ZOO,
+    data_dir: Optional[str] = O.DATA_DIR,
+    device: str = O.DEVICE,
+    download: bool = O.DOWNLOAD,
+    json_out: bool = O.JSON,
+    quiet: bool = O.QUIET,
 ) -> None:
     """Train N + H classifiers with disjoint seeds (resumable: rerun the same command)."""
     import time
@@ -92,8 +93,8 @@ def train(
 @zoo.command("list")
 @user_errors
 def list_(
-    root: Optional[str] = typer.Option(None, help="Zoo folder (default $DDSEC_ZOO, else ~/.cache/ddsec/zoo)."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object as the last line of stdout."),
+    root: Optional[str] = O.ZOO,
+    json_out: bool = O.JSON,
 ) -> None:
     """Show the populations stored in the zoo."""
     rows = list_populations(root)

@@ -1,0 +1,50 @@
+"""Command-line options shared by ``distill``, ``poison``, ``adapt`` and ``zoo train``, declared once.
+
+Options whose defaults differ between commands (steps, learning rates, …) stay with their
+command; these mean and default the same everywhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ddsec.distill import DistillConfig
+from ddsec.errors import DDSecError
+
+DATA_DIR = typer.Option(None, help="Data root (default $DDSEC_DATA, else ~/.cache/ddsec/data); for imagefolder, the tree.")
+DOWNLOAD = typer.Option(False, help="Fetch a missing MNIST/USPS/SVHN/CIFAR-10 with torchvision (needs the internet).")
+ZOO = typer.Option(None, help="Zoo folder (default $DDSEC_ZOO, else ~/.cache/ddsec/zoo).")
+LR_STEP_SIZES = typer.Option(None, help="Adam learning rate for the raw step sizes (default --lr).")
+DECAY_EVERY = typer.Option(None, help="Halve the learning rates every this many iterations.")
+MODE = typer.Option(DistillConfig.mode, help="Meta-gradient: hvp (back-gradient) | autograd (reference).")
+KEEP_GRAPHS = typer.Option(DistillConfig.keep_graphs, help="hvp: keep each step's graph instead of recomputing it (faster, more memory).")
+SEED = typer.Option(DistillConfig.seed, help="Seed of every random draw.")
+DEVICE = typer.Option(DistillConfig.device, help="auto | cpu | cuda.")
+RESUME = typer.Option(False, help="Continue an interrupted run from its checkpoint.")
+FORCE = typer.Option(False, help="Start over even if an unfinished run's checkpoint exists.")
+JSON = typer.Option(False, "--json", help="Print one JSON object as the last line of stdout.")
+QUIET = typer.Option(False, help="No progress bars.")
+
+
+def checkpoint_for(output: Path) -> Path:
+    """Where a run writing ``output`` keeps its checkpoint."""
+    return output.with_name(output.name + ".ckpt")
+
+
+def output_paths(out_path: Path | None, default: Path, *, resume: bool, force: bool) -> tuple[Path, Path]:
+    """``(output, checkpoint)`` for a run; refuses to silently overwrite an unfinished run's checkpoint.
+
+    Raises:
+        DDSecError: ``--out`` is not ``.safetensors``, or a checkpoint exists without ``--resume``/``--force``.
+    """
+    output = out_path or default
+    if output.suffix != ".safetensors":
+        raise DDSecError(f"--out must end in .safetensors, got {output}")
+    checkpoint = checkpoint_for(output)
+    if checkpoint.exists() and not (resume or force):
+        raise DDSecError(f"an unfinished run left {checkpoint}; pass --resume to continue it or --force to start over")
+    if force:
+        checkpoint.unlink(missing_ok=True)
+    return output, checkpoint
