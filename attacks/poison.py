@@ -56,7 +56,6 @@ class PoisonConfig(DistillConfig):
     eval_models: int = 50
     attack: int = 3
     target: int = 8
-    learn_labels: bool = False
     eval_population: str | None = None
     zoo: str | None = None
 
@@ -70,7 +69,7 @@ class PoisonConfig(DistillConfig):
             raise DDSecError(f"class indices must not be negative, got --attack {self.attack} --target {self.target}")
 
     def fingerprint(self) -> dict:
-        return {**super().fingerprint(), "attack": self.attack, "target": self.target, "learn_labels": self.learn_labels}
+        return {**super().fingerprint(), "attack": self.attack, "target": self.target}
 
 
 @dataclass
@@ -189,10 +188,7 @@ def run_poison(
         on_progress(progress, asr)
 
     start = time.perf_counter()
-    synthetic = initial_synthetic(base)
-    if cfg.learn_labels:
-        synthetic = synthetic.with_learnable_labels(train.num_classes)
-    result = optimize(base, objective, synthetic, checkpoint_path=checkpoint_path, resume=resume, on_progress=report)
+    result = optimize(base, objective, initial_synthetic(base), checkpoint_path=checkpoint_path, resume=resume, on_progress=report)
     seconds = time.perf_counter() - start
     kwargs = dict(attack=cfg.attack, target=cfg.target, n_models=cfg.eval_models, seed=cfg.seed + 1_000_003)
     evaluation = evaluate_attack(base.model, base.heldout, result.synthetic, test, **kwargs)

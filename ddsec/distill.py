@@ -86,6 +86,7 @@ class DistillConfig:
     mode: str = "hvp"
     keep_graphs: bool = False
     image_init: str = "real"
+    learn_labels: bool = False
     seed: int = 0
     device: str = "auto"
     eval_models: int = 20
@@ -118,7 +119,7 @@ class DistillConfig:
         """Settings that must not change when a run is resumed."""
         keep = ("dataset", "model", "steps", "epochs", "ipc", "init", "init_scheme", "init_seed",
                 "weights", "population", "n_models", "batch_size", "lr", "lr_step_sizes", "distill_lr", "decay_every",
-                "decay_factor", "mode", "image_init", "seed")
+                "decay_factor", "mode", "image_init", "learn_labels", "seed")
         return {k: v for k, v in asdict(self).items() if k in keep}
 
 
@@ -181,7 +182,8 @@ def prepare_distill(cfg: DistillConfig) -> DistillJob:
 
 
 def initial_synthetic(job: DistillJob) -> SyntheticSet:
-    """The starting synthetic set: ``S`` steps of class-major real images (or noise) and step sizes."""
+    """The starting synthetic set: ``S`` steps of class-major real images (or noise), step sizes, and
+    learnable soft labels when ``cfg.learn_labels``."""
     cfg, train = job.cfg, job.train
     generator = torch.Generator().manual_seed(cfg.seed)
     synthetic = SyntheticSet.create(
@@ -190,7 +192,7 @@ def initial_synthetic(job: DistillJob) -> SyntheticSet:
     )
     if cfg.image_init == "real":
         synthetic.images = real_images_per_class(train, cfg.ipc, cfg.steps, generator).to(job.device)
-    return synthetic
+    return synthetic.with_learnable_labels(train.num_classes) if cfg.learn_labels else synthetic
 
 
 def optimize(
@@ -261,7 +263,7 @@ def run_distill(
     )
     fields = dict(task="distill", dataset=cfg.dataset, model=cfg.model, epochs=cfg.epochs, ipc=cfg.ipc, init=cfg.init,
                   mean=train.mean, std=train.std, seed=cfg.seed, num_classes=train.num_classes, config=asdict(cfg))
-    distilled = DistilledSet(result.synthetic.images, result.synthetic.labels, result.synthetic.lrs().detach(),
+    distilled = DistilledSet(result.synthetic.images, result.synthetic.soft_labels(), result.synthetic.lrs().detach(),
                              DistilledMeta(**(fields | (meta or {}))))
     return DistillOutcome(distilled, evaluation, result.losses, seconds)
 

@@ -39,6 +39,7 @@ def distill(
     decay_every: Optional[int] = O.DECAY_EVERY,
     mode: str = O.MODE,
     keep_graphs: bool = O.KEEP_GRAPHS,
+    learn_labels: bool = typer.Option(D.learn_labels, help="Also learn soft labels (exported as [S, N, K] probabilities)."),
     image_init: str = typer.Option(D.image_init, help="Start images from random real ones of each class (real) or noise."),
     seed: int = O.SEED,
     device: str = O.DEVICE,
@@ -56,7 +57,7 @@ def distill(
         init_scheme=init_scheme, init_seed=init_seed, weights=weights, population=population,
         heldout_population=heldout_population, n_models=n_models, iterations=iterations,
         batch_size=batch_size, lr=lr, lr_step_sizes=lr_step_sizes, distill_lr=distill_lr, decay_every=decay_every, mode=mode,
-        keep_graphs=keep_graphs, image_init=image_init,
+        keep_graphs=keep_graphs, image_init=image_init, learn_labels=learn_labels,
         seed=seed, device=device, eval_models=eval_models,
     )
     default = Path("distilled") / f"{dataset}-{model}.safetensors"
