@@ -28,9 +28,9 @@ from ddsec.distill import DistillConfig, DistillJob, build_model, resolve_device
 from ddsec.engine import FixedInit, PopulationInit, select
 from ddsec.adapt.imagenet import IMAGENET_SIZE, IMAGENET_TARGETS, imagenet_alexnet, require_weights
 from ddsec.errors import DDSecError
-from ddsec.models_zoo import load_population, load_weights, population_metadata
+from ddsec.models_zoo import load_population, load_weights
 from ddsec.models_zoo.train import TrainRecipe, population_accuracy, train_group
-from ddsec.models_zoo.zoo import entry_name, resolve_population, zoo_root
+from ddsec.models_zoo.zoo import check_fits, entry_name, resolve_population, zoo_root
 
 DIGIT_DOMAINS = ("mnist", "usps", "svhn")
 ADAPT_INITS = ("population", "fixed")
@@ -108,13 +108,7 @@ def _source_paths(cfg: AdaptConfig, image_size: int, channels: int,
 
 
 def _load_source(path: str, cfg: AdaptConfig, data: ImageDataset, device: torch.device) -> dict[str, Tensor]:
-    meta = population_metadata(path)
-    channels, size, _ = data.image_shape
-    wrong = [f"{key} {meta[key]!r} (need {want!r})" for key, want in
-             (("dataset", cfg.src), ("model", cfg.model), ("num_classes", data.num_classes),
-              ("in_chans", channels), ("image_size", size)) if meta[key] != want]
-    if wrong:
-        raise DDSecError(f"population {path} is not a source population for this pair: {', '.join(wrong)}")
+    check_fits(path, data, dataset=cfg.src, model=cfg.model, purpose="this pair's source models")
     return load_population(path, device=device)
 
 

@@ -32,8 +32,8 @@ from ddsec.engine import (
 )
 from ddsec.errors import DDSecError
 from ddsec.export import DistilledMeta, DistilledSet
-from ddsec.models_zoo import load_population, population_metadata
-from ddsec.models_zoo.zoo import entry_name, resolve_population, zoo_root
+from ddsec.models_zoo import load_population
+from ddsec.models_zoo.zoo import check_fits, entry_name, resolve_population, zoo_root
 
 POISON_INITS = ("population", "pretrained")
 
@@ -98,18 +98,6 @@ def _check_classes(cfg: PoisonConfig, data: ImageDataset) -> None:
             raise DDSecError(f"{flag} {value} is out of range: {data.name} has classes 0 … {data.num_classes - 1}")
 
 
-def _check_population(path: Path, data: ImageDataset, model: str | None) -> dict:
-    """The metadata of population ``path`` after checking it fits ``data`` (and ``model`` if given)."""
-    meta = population_metadata(path)
-    channels, size, _ = data.image_shape
-    wrong = [f"{key} {meta[key]!r} (need {want!r})" for key, want in
-             (("dataset", data.name), ("model", model), ("num_classes", data.num_classes),
-              ("in_chans", channels), ("image_size", size)) if want is not None and meta[key] != want]
-    if wrong:
-        raise DDSecError(f"population {path} does not fit this attack: {', '.join(wrong)}")
-    return meta
-
-
 def resolve_populations(
     cfg: PoisonConfig, train_entry: Callable[[str], None] | None = None
 ) -> tuple[str | None, str | None]:
@@ -144,13 +132,13 @@ def prepare_poison(cfg: PoisonConfig, train_entry: Callable[[str], None] | None 
     base = prepare_distill(base_cfg)
     for path in (train_path, heldout_path):
         if path is not None:
-            _check_population(Path(path), base.train, cfg.model)
+            check_fits(path, base.train, dataset=base.train.name, model=cfg.model, purpose="this attack")
     if isinstance(base.init, PopulationInit) and base.init.size < cfg.n_models:
         raise DDSecError(f"--n-models {cfg.n_models} exceeds the training population's {base.init.size} models")
     transfer = None
     if cfg.eval_population is not None:
         path = resolve_population(cfg.eval_population, "heldout", cfg.zoo)
-        meta = _check_population(path, base.train, None)
+        meta = check_fits(path, base.train, dataset=base.train.name, model=None, purpose="this attack")
         model = build_model(meta["model"], base.train).to(base.device)
         transfer = (model, PopulationInit(load_population(path, device=base.device)), str(path))
     return PoisonJob(cfg, base, transfer)

@@ -161,6 +161,29 @@ def list_populations(root: str | os.PathLike[str] | None = None) -> list[dict]:
     return rows
 
 
+def check_fits(path: str | os.PathLike[str], data: ImageDataset, *, dataset: str, model: str | None,
+               purpose: str) -> dict:
+    """The metadata of population ``path`` after checking that its models take ``data``'s images.
+
+    Args:
+        data: the images the models will see (classes, channels and size must match).
+        dataset: the dataset the models must have been trained on (the source domain for adapt).
+        model: the required architecture, or ``None`` for any (transfer evaluation).
+        purpose: ends the error message, e.g. ``"this attack"``.
+
+    Raises:
+        DDSecError: one line naming every mismatch.
+    """
+    meta = population_metadata(path)
+    channels, size, _ = data.image_shape
+    wrong = [f"{key} {meta[key]!r} (need {want!r})" for key, want in
+             (("dataset", dataset), ("model", model), ("num_classes", data.num_classes),
+              ("in_chans", channels), ("image_size", size)) if want is not None and meta[key] != want]
+    if wrong:
+        raise DDSecError(f"population {path} does not fit {purpose}: {', '.join(wrong)}")
+    return meta
+
+
 def mean_accuracy(meta: dict) -> float:
     """Mean test accuracy of a population's models."""
     return statistics.fmean(meta["test_acc"])
