@@ -6,6 +6,8 @@ interrupted run says how to resume and exits with 130.
 
 from __future__ import annotations
 
+import signal
+
 import typer
 
 from ddsec.cli import adapt_cmd, distill_cmd, eval_cmd, poison_cmd, show_cmd, zoo_cmd
@@ -25,6 +27,11 @@ app.command("adapt")(adapt_cmd.adapt)
 app.add_typer(zoo_cmd.zoo, name="zoo")
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # a killed run (SIGTERM) checkpoints and exits like Ctrl-C
+
+
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point; SIGTERM is handled like Ctrl-C (checkpoint, exit 130)."""
+    signal.signal(signal.SIGTERM, _terminate)
     app()
