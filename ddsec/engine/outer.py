@@ -109,7 +109,7 @@ def distill(
     max_backoffs: int = 5,
     on_progress: Callable[[Progress], None] | None = None,
 ) -> DistillResult:
-    """Learn ``synthetic``'s images and step sizes for ``objective``.
+    """Learn ``synthetic``'s images and step sizes (and its labels, if learnable) for ``objective``.
 
     Args:
         objective: model, ``p(θ0)``, real batches and outer loss.
@@ -121,7 +121,7 @@ def distill(
         lr_labels: Adam learning rate for ``synthetic.label_logits`` when the labels are learned
             (default ``lr``).
         betas: Adam betas; the paper uses (0.5, 0.999).
-        decay_every: multiply both learning rates by ``decay_factor`` every this many iterations.
+        decay_every: multiply every learning rate by ``decay_factor`` every this many iterations.
         decay_factor: see ``decay_every``.
         mode, keep_graphs, batching: passed to :func:`ddsec.engine.meta_grad`.
         seed: seeds the generator behind every sample (θ0 draws and real batches).
