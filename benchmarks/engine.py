@@ -39,8 +39,8 @@ def _rss_kib() -> int:
         return int(fh.read().split()[1]) * resource.getpagesize() // 1024
 
 
-def worker(case: str, mode: str, keep: bool, batching: str, iters: int, models: int) -> dict:
-    """One configuration in this process: returns seconds per iteration and peak MiB."""
+def worker(case: str, mode: str, keep: bool, batching: str, iters: int, models: int, device: str = "cpu") -> dict:
+    """One configuration in this process: returns seconds per iteration and peak MiB (GPU memory on CUDA)."""
     import torch
 
     from ddsec.engine import RandomInit, SyntheticSet, meta_grad
@@ -49,23 +49,27 @@ def worker(case: str, mode: str, keep: bool, batching: str, iters: int, models: 
     spec = CASES[case]
     classes, models = spec.get("classes", 10), spec.get("models", models)
     gen = torch.Generator().manual_seed(0)
-    model = create_model(spec["model"], num_classes=classes, in_chans=spec["shape"][0], image_size=spec["shape"][1]).eval()
+    model = create_model(spec["model"], num_classes=classes, in_chans=spec["shape"][0],
+                         image_size=spec["shape"][1]).eval().to(device)
     synthetic = SyntheticSet.create(num_classes=classes, ipc=spec["ipc"], steps=spec["steps"], epochs=spec["epochs"],
-                                    image_shape=spec["shape"], init_lr=0.01, generator=gen)
-    x = torch.randn(spec["batch"], *spec["shape"], generator=gen)
-    y = torch.randint(0, classes, (spec["batch"],), generator=gen)
+                                    image_shape=spec["shape"], init_lr=0.01, generator=gen, device=device)
+    x = torch.randn(spec["batch"], *spec["shape"], generator=gen).to(device)
+    y = torch.randint(0, classes, (spec["batch"],), generator=gen).to(device)
+    cuda = device.startswith("cuda")
     init = RandomInit(model, "xavier")
 
     def one() -> None:
         meta_grad(model, init.sample(models, gen), synthetic, x, y, mode=mode, keep_graphs=keep, batching=batching)
+        if cuda:
+            torch.cuda.synchronize()
 
-    base = _rss_kib()
+    base = torch.cuda.memory_allocated() // 1024 if cuda else _rss_kib()
     one()  # warm-up; peak memory of an iteration is reached here already
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base
+    top = torch.cuda.max_memory_allocated() // 1024 if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
     for _ in range(iters):
         one()
-    return {"seconds": (time.perf_counter() - start) / iters, "peak_mib": peak / 1024}
+    return {"seconds": (time.perf_counter() - start) / iters, "peak_mib": (top - base) / 1024}
 
 
 def main() -> None:
@@ -73,16 +77,18 @@ def main() -> None:
     parser.add_argument("--cases", default="ab")
     parser.add_argument("--iters", type=int, default=2)
     parser.add_argument("--models", type=int, default=4)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (peak memory is then GPU memory)")
     parser.add_argument("--worker", nargs=4, metavar=("CASE", "MODE", "KEEP", "BATCHING"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         case, mode, keep, batching = args.worker
-        print(json.dumps(worker(case, mode, keep == "1", batching, args.iters, args.models)))
+        print(json.dumps(worker(case, mode, keep == "1", batching, args.iters, args.models, args.device)))
         return
 
     import torch
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.models} models per iteration,"
+    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__}, {where}, {args.models} models per iteration,"
           f" {args.iters} timed iterations after 1 warm-up")
     print(f"{'case':<16}{'mode':<14}{'batching':<9}{'s/iter':>9}{'peak MiB':>10}")
     rows = {}
@@ -91,7 +97,7 @@ def main() -> None:
             for batching in CASES[case].get("batchings", ("vmap", "loop")):
                 out = subprocess.run(
                     [sys.executable, __file__, "--iters", str(args.iters), "--models", str(args.models),
-                     "--worker", case, mode, "1" if keep else "0", batching],
+                     "--device", args.device, "--worker", case, mode, "1" if keep else "0", batching],
                     check=True, capture_output=True, text=True,
                 )
                 result = json.loads(out.stdout.strip().splitlines()[-1])
