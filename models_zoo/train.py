@@ -11,6 +11,7 @@ populations with disjoint seeds share neither.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -86,10 +87,11 @@ class _DataOrder:
 def initial_params(model: nn.Module, seeds: Sequence[int], scheme: str) -> Params:
     """The seeded initial weights of ``len(seeds)`` models: ``[G, …]`` tensors on ``model``'s device."""
     device = next(model.parameters()).device
+    template = copy.deepcopy(model).cpu()  # seeded CPU generators, so CPU and GPU runs draw the same weights
     draws = []
     for seed in seeds:
-        init_module_(model, scheme, torch.Generator().manual_seed(int(seed)))
-        draws.append({k: v.detach().clone() for k, v in model.named_parameters()})
+        init_module_(template, scheme, torch.Generator().manual_seed(int(seed)))
+        draws.append({k: v.detach().clone() for k, v in template.named_parameters()})
     return {k: v.to(device) for k, v in stack_params(draws).items()}
 
 
