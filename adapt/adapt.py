@@ -30,7 +30,7 @@ from ddsec.adapt.imagenet import IMAGENET_SIZE, IMAGENET_TARGETS, imagenet_alexn
 from ddsec.errors import DDSecError
 from ddsec.models_zoo import load_population, load_weights
 from ddsec.models_zoo.train import TrainRecipe, population_accuracy, train_group
-from ddsec.models_zoo.zoo import check_fits, entry_name, resolve_population, zoo_root
+from ddsec.models_zoo.zoo import check_fits, entry_name, resolve_pair
 
 DIGIT_DOMAINS = ("mnist", "usps", "svhn")
 ADAPT_INITS = ("population", "fixed")
@@ -96,15 +96,14 @@ class AdaptConfig(DistillConfig):
 
 def _source_paths(cfg: AdaptConfig, image_size: int, channels: int,
                   train_entry: Callable[[str, int, int], None] | None) -> tuple[str, str]:
-    spec = cfg.population or source_entry(cfg.src, cfg.model, image_size, channels)
-    if cfg.population is None and not (zoo_root(cfg.zoo) / spec / "train").is_dir():
-        if train_entry is None:
-            raise DDSecError(f"no source population {spec!r} in the zoo at {zoo_root(cfg.zoo)}; train one with"
-                             f" `ddsec zoo train --dataset {cfg.src} --model {cfg.model} --image-size {image_size}"
-                             f" --channels {channels} --name {spec}`")
-        train_entry(spec, image_size, channels)
-    return str(resolve_population(spec, "train", cfg.zoo)), str(resolve_population(cfg.heldout_population or spec,
-                                                                                  "heldout", cfg.zoo))
+    default = source_entry(cfg.src, cfg.model, image_size, channels)
+    train, heldout = resolve_pair(
+        cfg.population, cfg.heldout_population, default=default, root=cfg.zoo,
+        train_default=None if train_entry is None else (lambda: train_entry(default, image_size, channels)),
+        how_to_train=f"ddsec zoo train --dataset {cfg.src} --model {cfg.model} --image-size {image_size}"
+                     f" --channels {channels} --name {default}",
+    )
+    return str(train), str(heldout)
 
 
 def _load_source(path: str, cfg: AdaptConfig, data: ImageDataset, device: torch.device) -> dict[str, Tensor]:

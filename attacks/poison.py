@@ -33,7 +33,7 @@ from ddsec.engine import (
 from ddsec.errors import DDSecError
 from ddsec.export import DistilledMeta, DistilledSet
 from ddsec.models_zoo import load_population
-from ddsec.models_zoo.zoo import check_fits, entry_name, resolve_population, zoo_root
+from ddsec.models_zoo.zoo import check_fits, entry_name, resolve_pair, resolve_population
 
 POISON_INITS = ("population", "pretrained")
 
@@ -108,16 +108,12 @@ def resolve_populations(
     """
     if cfg.init != "population":
         return None, None
-    spec = cfg.population or entry_name(cfg.dataset, cfg.model)
-    if cfg.population is None and not (zoo_root(cfg.zoo) / spec / "train").is_dir():
-        if train_entry is None:
-            raise DDSecError(f"no population {spec!r} in the zoo at {zoo_root(cfg.zoo)}; train one with"
-                             f" `ddsec zoo train --dataset {cfg.dataset} --model {cfg.model}`")
-        train_entry(spec)
-    train = resolve_population(spec, "train", cfg.zoo)
-    heldout = resolve_population(cfg.heldout_population or spec, "heldout", cfg.zoo)
-    if train.resolve() == heldout.resolve():
-        raise DDSecError(f"--population and --heldout are the same population ({train}); evaluate on held-out models")
+    default = entry_name(cfg.dataset, cfg.model)
+    train, heldout = resolve_pair(
+        cfg.population, cfg.heldout_population, default=default, root=cfg.zoo,
+        train_default=None if train_entry is None else (lambda: train_entry(default)),
+        how_to_train=f"ddsec zoo train --dataset {cfg.dataset} --model {cfg.model}",
+    )
     return str(train), str(heldout)
 
 

@@ -77,6 +77,38 @@ def resolve_population(spec: str | os.PathLike[str], role: str, root: str | os.P
                      f" {zoo_root(root)} (see `ddsec zoo list`; build one with `ddsec zoo train`)")
 
 
+def resolve_pair(
+    population: str | None,
+    heldout: str | None,
+    *,
+    default: str,
+    root: str | os.PathLike[str] | None,
+    train_default: Callable[[], None] | None,
+    how_to_train: str,
+) -> tuple[Path, Path]:
+    """The ``(train, heldout)`` population paths of a run that samples ``θ0`` from the zoo.
+
+    Args:
+        population, heldout: ``--population`` / ``--heldout`` (see :func:`resolve_population`);
+            ``None`` means the zoo entry ``default``.
+        train_default: trains the entry ``default`` when it is missing (``None``: that is an error).
+        how_to_train: the ``ddsec zoo train …`` command the error message suggests.
+
+    Raises:
+        DDSecError: a missing population, or the same population for training and evaluation.
+    """
+    spec = population or default
+    if population is None and not (zoo_root(root) / spec / "train").is_dir():
+        if train_default is None:
+            raise DDSecError(f"no population {spec!r} in the zoo at {zoo_root(root)}; train one with `{how_to_train}`")
+        train_default()
+    train = resolve_population(spec, "train", root)
+    held = resolve_population(heldout or spec, "heldout", root)
+    if train.resolve() == held.resolve():
+        raise DDSecError(f"--population and --heldout are the same population ({train}); evaluate on held-out models")
+    return train, held
+
+
 def train_population(
     folder: str | os.PathLike[str],
     *,
