@@ -25,7 +25,7 @@ from torch import Tensor
 
 from ddsec.data import ImageDataset, dataset_info, load_dataset
 from ddsec.distill import DistillConfig, DistillJob, build_model, resolve_device
-from ddsec.engine import FixedInit, PopulationInit, select
+from ddsec.engine import FixedInit, PopulationInit, select, world
 from ddsec.adapt.imagenet import IMAGENET_SIZE, IMAGENET_TARGETS, imagenet_alexnet, require_weights
 from ddsec.errors import DDSecError
 from ddsec.models_zoo import load_population, load_weights
@@ -106,9 +106,10 @@ def _source_paths(cfg: AdaptConfig, image_size: int, channels: int,
     return str(train), str(heldout)
 
 
-def _load_source(path: str, cfg: AdaptConfig, data: ImageDataset, device: torch.device) -> dict[str, Tensor]:
+def _load_source(path: str, cfg: AdaptConfig, data: ImageDataset, device: torch.device,
+                 share: tuple[int, int] = (0, 1)) -> dict[str, Tensor]:
     check_fits(path, data, dataset=cfg.src, model=cfg.model, purpose="this pair's source models")
-    return load_population(path, device=device)
+    return load_population(path, device=device, share=share)
 
 
 def prepare_adapt(cfg: AdaptConfig, train_entry: Callable[[str, int, int], None] | None = None) -> DistillJob:
@@ -135,7 +136,8 @@ def prepare_adapt(cfg: AdaptConfig, train_entry: Callable[[str, int, int], None]
     train, test = load_dataset(cfg.tgt, train=True, **shape), load_dataset(cfg.tgt, train=False, **shape)
     train_path, heldout_path = _source_paths(cfg, size, channels, train_entry)
     model = build_model(cfg.model, train).to(device)
-    source = _load_source(train_path, cfg, train, device)
+    here = world()  # in a distributed run each process samples from its own share of the sources
+    source = _load_source(train_path, cfg, train, device, share=(0, 1) if cfg.init == "fixed" else (here.rank, here.size))
     if cfg.init == "fixed":
         one = load_weights(model, cfg.weights) if cfg.weights else None
         params = dict(one.named_parameters()) if one is not None else select(source, 0)

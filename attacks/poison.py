@@ -29,6 +29,7 @@ from ddsec.engine import (
     PopulationInit,
     Progress,
     RealBatches,
+    world,
 )
 from ddsec.errors import DDSecError
 from ddsec.export import DistilledMeta, DistilledSet
@@ -147,8 +148,11 @@ def run_poison(
     resume: bool = False,
     eval_every: int | None = None,
     on_progress: Callable[[Progress, float | None], None] | None = None,
-) -> PoisonOutcome:
+) -> PoisonOutcome | None:
     """Learn the poisoning batch, evaluate it on held-out models and build the exportable set.
+
+    In a distributed run every rank learns the batch; rank 0 alone evaluates and returns the
+    outcome, the others return ``None``.
 
     Args:
         eval_every: every this many iterations, measure the attack success rate on a quick
@@ -174,6 +178,8 @@ def run_poison(
     start = time.perf_counter()
     result = optimize(base, objective, initial_synthetic(base), checkpoint_path=checkpoint_path, resume=resume, on_progress=report)
     seconds = time.perf_counter() - start
+    if not world().is_main:
+        return None
     kwargs = dict(attack=cfg.attack, target=cfg.target, n_models=cfg.eval_models, seed=cfg.seed + 1_000_003)
     evaluation = evaluate_attack(base.model, base.heldout, result.synthetic, test, **kwargs)
     transfer = None if job.transfer is None else evaluate_attack(job.transfer[0], job.transfer[1], result.synthetic,

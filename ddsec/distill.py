@@ -34,6 +34,7 @@ from ddsec.engine import (
     SyntheticSet,
     distill,
     distinct_draws,
+    world,
 )
 from ddsec.errors import DDSecError
 from ddsec.evaluate import EvalResult, evaluate_synthetic
@@ -152,7 +153,9 @@ def build_inits(cfg: DistillConfig, data: ImageDataset, device: torch.device) ->
     if not cfg.population:
         raise DDSecError("--init population needs --population PATH (see `ddsec zoo`)")
     model = build_model(cfg.model, data).to(device)
-    train = PopulationInit(load_population(cfg.population, model=cfg.model, dataset=data.name, device=device))
+    here = world()  # in a distributed run each process samples from its own share of the population
+    train = PopulationInit(load_population(cfg.population, model=cfg.model, dataset=data.name, device=device,
+                                           share=(here.rank, here.size)))
     if cfg.heldout_population is None:
         raise DDSecError("--init population needs --heldout-population PATH for an honest evaluation")
     heldout = PopulationInit(load_population(cfg.heldout_population, model=cfg.model, dataset=data.name, device=device))
@@ -222,8 +225,11 @@ def run_distill(
     eval_every: int | None = None,
     on_progress: Callable[[Progress, float | None], None] | None = None,
     meta: dict | None = None,
-) -> DistillOutcome:
+) -> DistillOutcome | None:
     """Distil, evaluate on held-out models and build the exportable set.
+
+    In a distributed run every rank distils; rank 0 alone evaluates and returns the outcome, the
+    others return ``None``.
 
     Args:
         job: from :func:`prepare_distill`.
@@ -256,6 +262,8 @@ def run_distill(
     result = optimize(job, objective, initial_synthetic(job), checkpoint_path=checkpoint_path, resume=resume,
                       on_progress=report)
     seconds = time.perf_counter() - start
+    if not world().is_main:
+        return None
     evaluation = evaluate_synthetic(
         model, heldout, result.synthetic, test.images, test.labels,
         n_models=distinct_draws(heldout, cfg.eval_models),

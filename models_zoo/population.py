@@ -151,30 +151,46 @@ def population_metadata(path: str | Path, *, complete: bool = True) -> dict:
 
 
 def load_population(
-    path: str | Path, *, model: str | None = None, dataset: str | None = None, device: torch.device | str = "cpu"
+    path: str | Path,
+    *,
+    model: str | None = None,
+    dataset: str | None = None,
+    device: torch.device | str = "cpu",
+    share: tuple[int, int] = (0, 1),
 ) -> dict[str, Tensor]:
     """Read a population's stacked parameters, checking that it is for ``model`` / ``dataset``.
 
     Args:
         path: a population file or a folder of shards.
+        share: ``(rank, size)``: keep only models ``rank, rank + size, …`` (one process's share
+            in a distributed run), reading shard by shard so no process holds the whole population.
 
     Returns:
-        name → ``[P, …]`` tensors on ``device``.
+        name → ``[P, …]`` tensors on ``device`` (``P`` counts this share's models).
     """
     meta = population_metadata(path)
     for key, wanted in (("model", model), ("dataset", dataset)):
         if wanted is not None and meta[key] != wanted:
             raise DDSecError(f"population {path} holds {meta['model']} models trained on {meta['dataset']};"
                              f" this run needs {key} {wanted!r}")
-    parts = []
+    rank, size = share
+    if not 0 <= rank < size or size > meta["count"]:
+        raise DDSecError(f"population {path} has {meta['count']} models, too few to share among {size} processes")
+    parts, offset = [], 0
     for file in population_files(path):
         try:
-            parts.append(load_file(str(file), device=str(device)))
+            part = load_file(str(file), device=str(device))
         except (SafetensorError, OSError, ValueError) as exc:
             raise FormatError(f"{file} is truncated or corrupt ({exc})") from None
+        counts = {v.shape[0] for v in part.values()}
+        if len(counts) != 1:
+            raise FormatError(f"{file}: its tensors hold different numbers of models")
+        count = counts.pop()
+        mine = [i - offset for i in range(offset, offset + count) if i % size == rank]
+        parts.append(part if size == 1 else {k: v[mine] for k, v in part.items()})
+        offset += count
     if any(part.keys() != parts[0].keys() for part in parts):
         raise FormatError(f"the shards of {path} hold different parameter names")
-    params = {k: torch.cat([part[k] for part in parts]) if len(parts) > 1 else parts[0][k] for k in parts[0]}
-    if any(v.shape[0] != meta["count"] for v in params.values()):
+    if offset != meta["count"]:
         raise FormatError(f"{path}: tensors do not all hold {meta['count']} models")
-    return params
+    return {k: torch.cat([part[k] for part in parts]) if len(parts) > 1 else parts[0][k] for k in parts[0]}

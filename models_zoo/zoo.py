@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ddsec.data import ImageDataset, load_dataset
+from ddsec.engine.distributed import barrier, my_share
 from ddsec.errors import DDSecError
 from ddsec.models_zoo.population import SHARD_GLOB, population_metadata, save_population, shard_name
 from ddsec.models_zoo.registry import create_model
@@ -124,6 +125,9 @@ def train_population(
 ) -> dict:
     """Train the models of ``seeds`` group by group into ``folder``, skipping finished shards.
 
+    In a distributed run each rank trains and writes the shards ``rank, rank + size, …``; the
+    files are the same as one process would write.
+
     Args:
         folder: the population folder (created).
         model: the architecture, on the device to train on.
@@ -133,7 +137,7 @@ def train_population(
         recipe: the training settings.
         group: models trained together and written as one shard.
         batching: how a group's models run (``auto``: vmap on GPU, loop on CPU).
-        on_progress: called with ``(optimizer steps done, steps in total)`` over all models.
+        on_progress: called with ``(optimizer steps done, steps in total)`` over this process's models.
 
     Returns:
         The population's metadata (see :func:`population_metadata`).
@@ -149,9 +153,13 @@ def train_population(
     if stray:
         raise DDSecError(f"{folder} holds shards of a different population ({stray[0].name});"
                          " pass another --name or remove the folder")
-    total_steps, done = len(seeds) * recipe.steps, 0
+    barrier()  # no rank writes a shard before every rank has checked the folder
+    mine = set(my_share(len(chunks)))
+    total_steps, done = sum(len(chunks[i]) for i in mine) * recipe.steps, 0
     channels, size, _ = train.image_shape
     for index, chunk in enumerate(chunks):
+        if index not in mine:
+            continue
         path = folder / shard_name(index)
         if path.exists():
             _check_shard(path, chunk, recipe, model_name, train.name)
@@ -168,6 +176,7 @@ def train_population(
         done += len(chunk) * recipe.steps
         if on_progress is not None:
             on_progress(done, total_steps)
+    barrier()  # every shard is written before anyone reads the population
     return population_metadata(folder)
 
 

@@ -11,6 +11,9 @@ import signal
 import typer
 
 from ddsec.cli import adapt_cmd, distill_cmd, eval_cmd, poison_cmd, show_cmd, zoo_cmd
+from ddsec.cli.render import err, out
+from ddsec.engine.distributed import init_from_env, shutdown
+from ddsec.errors import DDSecError
 
 app = typer.Typer(
     name="ddsec",
@@ -32,6 +35,21 @@ def _terminate(signum: int, frame: object) -> None:
 
 
 def main() -> None:
-    """Console-script entry point; SIGTERM is handled like Ctrl-C (checkpoint, exit 130)."""
+    """Console-script entry point; SIGTERM is handled like Ctrl-C (checkpoint, exit 130).
+
+    Under ``torchrun`` the process joins the distributed run first; ranks other than 0 print
+    nothing but their own errors.
+    """
     signal.signal(signal.SIGTERM, _terminate)
-    app()
+    try:
+        here = init_from_env()
+    except (DDSecError, RuntimeError, ValueError) as exc:
+        err.print(f"[bold red]error:[/] cannot join the distributed run ({str(exc).splitlines()[0]});"
+                  " launch with `torchrun --nproc-per-node N -m ddsec …`", highlight=False, soft_wrap=True)
+        raise SystemExit(1) from None
+    if not here.is_main:
+        out.quiet = err.quiet = True
+    try:
+        app()
+    finally:
+        shutdown()

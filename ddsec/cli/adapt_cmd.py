@@ -86,6 +86,8 @@ def adapt(
 
         outcome = run_distill(job, checkpoint_path=checkpoint, resume=resume, eval_every=max(1, iterations // 5),
                               on_progress=on_progress, meta=adapt_meta(cfg))
+    if outcome is None:  # another rank of a distributed run: rank 0 evaluates and exports
+        return
     save_distilled(output, outcome.distilled)
     checkpoint.unlink(missing_ok=True)
     summary = outcome.evaluation.summary()

@@ -75,6 +75,8 @@ def distill(
 
         outcome = run_distill(job, checkpoint_path=checkpoint, resume=resume, eval_every=every,
                               on_progress=on_progress)
+    if outcome is None:  # another rank of a distributed run: rank 0 evaluates and exports
+        return
     save_distilled(output, outcome.distilled)
     checkpoint.unlink(missing_ok=True)
 

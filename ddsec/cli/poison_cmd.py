@@ -84,6 +84,8 @@ def poison(
 
         outcome = run_poison(job, checkpoint_path=checkpoint, resume=resume, eval_every=max(1, iterations // 5),
                              on_progress=on_progress)
+    if outcome is None:  # another rank of a distributed run: rank 0 evaluates and exports
+        return
     from ddsec.export import save_distilled
 
     save_distilled(output, outcome.distilled)

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from ddsec.engine.distributed import PeerLostError
 from ddsec.errors import DDSecError
 
 out = Console()
@@ -29,7 +30,8 @@ def user_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except DDSecError as exc:
-            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            console = Console(stderr=True) if err.quiet and isinstance(exc, PeerLostError) else err
+            console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/]: progress is checkpointed; rerun the same command with --resume")

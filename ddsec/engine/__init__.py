@@ -5,6 +5,7 @@ types; the front ends (distill, poison, adapt) build on it.
 """
 
 from ddsec.engine.checkpoint import LoopState, load_checkpoint, save_checkpoint
+from ddsec.engine.distributed import PeerLostError, World, world
 from ddsec.engine.distributions import (
     FIXED_KINDS,
     FixedInit,
@@ -39,10 +40,12 @@ __all__ = [
     "MetaGradient",
     "Objective",
     "PopulationInit",
+    "PeerLostError",
     "Progress",
     "RandomInit",
     "RealBatches",
     "SyntheticSet",
+    "World",
     "class_major_labels",
     "distill",
     "distinct_draws",
@@ -59,4 +62,5 @@ __all__ = [
     "select",
     "stack_params",
     "unroll",
+    "world",
 ]

@@ -10,6 +10,11 @@ The loop reports through a callback (it never prints), checkpoints atomically ev
 checkpoint, and refuses to write NaN/inf: a non-finite loss or gradient either stops the run
 with a clear error, the last good state saved, or backs off (skips the update and halves the
 learning rate, at most ``max_backoffs`` times in a row).
+
+Under ``torchrun`` (see :mod:`ddsec.engine.distributed`) each process samples its own models and
+batches, from a generator seeded per ``(iteration, rank)``; the loss and meta-gradients are
+averaged over processes before the update, so ``n_models`` is per process and the run equals
+one process sampling the union. Rank 0 alone writes checkpoints and gets progress callbacks.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import torch
 from torch import Tensor
 
 from ddsec.engine.checkpoint import LoopState, load_checkpoint, save_checkpoint
+from ddsec.engine.distributed import PeerLostError, all_reduce_mean, broadcast_, iteration_seed, world
 from ddsec.engine.metagrad import meta_grads
 from ddsec.engine.objective import Objective
 from ddsec.engine.synthetic import SyntheticSet
@@ -131,7 +137,7 @@ def distill(
         fingerprint: JSON-able settings stored in checkpoints; resuming with different ones fails.
         on_nonfinite: ``"stop"`` or ``"backoff"``.
         max_backoffs: consecutive back-offs before stopping anyway.
-        on_progress: called after every iteration.
+        on_progress: called after every iteration (on rank 0 only, in a distributed run).
 
     Returns:
         The learned set (detached) and the loss history.
@@ -187,8 +193,13 @@ def distill(
         return LoopState(current, _adam_state(optimizer), generator.get_state(), iteration,
                          torch.tensor(losses, dtype=torch.float32), lr_scale, fingerprint)
 
+    here = world()
+    if here.size > 1:
+        broadcast_([t for t in (images, raw_lrs, logits) if t is not None])
+        on_progress = on_progress if here.is_main else None
+
     def checkpoint(iteration: int) -> None:
-        if checkpoint_path is not None:
+        if checkpoint_path is not None and here.is_main:
             save_checkpoint(checkpoint_path, snapshot(iteration))
 
     model = objective.model
@@ -199,12 +210,18 @@ def distill(
             decay = decay_factor ** (iteration // decay_every) if decay_every else 1.0
             for group, base in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = base * decay * lr_scale
+            if here.size > 1:
+                generator.manual_seed(iteration_seed(seed, iteration, here))
             x_real, y_real = objective.real_batch(generator)
             params = objective.init.sample(n_models, generator)
             loss, images_grad, raw_grad, labels_grad = meta_grads(
                 model, params, current, x_real, y_real, mode=mode, keep_graphs=keep_graphs,
                 batching=batching, loss_fn=objective.outer_loss,
             )
+            if here.size > 1:
+                loss, images_grad, raw_grad, *rest = all_reduce_mean(
+                    [loss.reshape(1), images_grad, raw_grad, *([] if labels_grad is None else [labels_grad])])
+                loss, labels_grad = loss[0], (rest[0] if rest else None)
             if not _finite(loss, images_grad, raw_grad, *([] if labels_grad is None else [labels_grad])):
                 backoffs_in_a_row += 1
                 total_backoffs += 1
@@ -232,7 +249,7 @@ def distill(
                 event = "checkpoint" if checkpoint_path is not None else ""
             if on_progress is not None:
                 on_progress(Progress(iteration, iterations, float(loss), optimizer.param_groups[0]["lr"], current, event))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, PeerLostError):
         checkpoint(iteration)
         raise
     final = current.detached()
