@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from ddsec.cli import options as O
+from ddsec.cli.condense_cmd import METHOD_HELP, check_options, condense_command
 from ddsec.cli.render import err, out, percent, print_json, progress_bar, result_table, user_errors
 from ddsec.distill import DistillConfig as D
 from ddsec.distill import prepare_distill, run_distill
@@ -17,10 +18,11 @@ from ddsec.export import save_distilled
 
 @user_errors
 def distill(
+    method: str = typer.Option("dd", help=METHOD_HELP),
     dataset: str = typer.Option(D.dataset, help="digits (embedded), mnist, usps, svhn, cifar10, voc, cub, imagefolder."),
     data_dir: Optional[str] = O.DATA_DIR,
     download: bool = O.DOWNLOAD,
-    model: str = typer.Option(D.model, help="Registered model (see models_zoo)."),
+    model: Optional[str] = typer.Option(None, help="Registered model (see models_zoo); default lenet for dd, convnet3 for dc|dsa|dm."),
     steps: int = typer.Option(D.steps, help="Distinct synthetic step batches S."),
     epochs: int = typer.Option(D.epochs, help="Times the S batches are replayed (T = S × epochs)."),
     ipc: int = typer.Option(D.ipc, help="Images per class in each step batch."),
@@ -31,9 +33,9 @@ def distill(
     population: Optional[str] = typer.Option(None, help="Population file for --init population."),
     heldout_population: Optional[str] = typer.Option(None, help="Held-out population for evaluation."),
     n_models: int = typer.Option(D.n_models, help="Initial weights sampled per outer iteration (1 for fixed and pretrained inits, whose draws are identical)."),
-    iterations: int = typer.Option(D.iterations, help="Outer iterations."),
-    batch_size: int = typer.Option(D.batch_size, help="Real images per outer iteration."),
-    lr: float = typer.Option(D.lr, help="Adam learning rate for the images."),
+    iterations: Optional[int] = typer.Option(None, help="Outer iterations (default 40 for dd, 1000 for dc|dsa, 20000 for dm)."),
+    batch_size: int = typer.Option(D.batch_size, help="Real images per outer iteration (dd) or per class (dc|dsa|dm)."),
+    lr: Optional[float] = typer.Option(None, help="Learning rate for the images: Adam, 0.05 (dd); SGD with momentum 0.5, 0.1 (dc|dsa) or 1.0 (dm)."),
     lr_step_sizes: Optional[float] = O.LR_STEP_SIZES,
     distill_lr: float = typer.Option(D.distill_lr, help="Initial inner step size."),
     decay_every: Optional[int] = O.DECAY_EVERY,
@@ -46,19 +48,61 @@ def distill(
     out_path: Optional[Path] = typer.Option(None, "--out", help="Output .safetensors (default distilled/<dataset>-<model>.safetensors)."),
     resume: bool = O.RESUME,
     force: bool = O.FORCE,
-    eval_models: int = typer.Option(D.eval_models, help="Held-out models for the final evaluation."),
+    eval_models: Optional[int] = typer.Option(None, help="Held-out models for the final evaluation (default 20 for dd, 5 for dc|dsa|dm)."),
     eval_every: Optional[int] = typer.Option(None, help="Quick held-out accuracy every N iterations (default: 5 times a run)."),
+    outer_loop: Optional[int] = typer.Option(None, help="dc|dsa: image updates per iteration (default by --ipc: 1 for 1, 10 for 10)."),
+    inner_loop: Optional[int] = typer.Option(None, help="dc|dsa: network epochs between image updates (default by --ipc: 1 for 1, 50 for 10)."),
+    lr_net: Optional[float] = typer.Option(None, help="dc|dsa: SGD learning rate of the matched network (default 0.01)."),
+    dsa_strategy: Optional[str] = typer.Option(None, help="dsa|dm: DSA operations joined by '_' (color crop cutout flip scale rotate)"
+                                                         " or none; default all, without flip for digit datasets."),
+    batch_sampling: Optional[str] = typer.Option(None, help="dc|dsa: real batches random (default) or kmeans (one feature cluster per batch)."),
+    clusters: Optional[int] = typer.Option(None, help="kmeans: clusters per class (default 10)."),
+    feature_layer: Optional[str] = typer.Option(None, help="kmeans: layer whose pooled output is clustered (a module name, or penultimate: the default)."),
+    feature_model: Optional[str] = typer.Option(None, help="kmeans: weights of the pretrained feature network (.safetensors or .pth)."),
+    feature_arch: Optional[str] = typer.Option(None, help="kmeans: architecture of --feature-model (default --model)."),
+    mix_after: Optional[int] = typer.Option(None, help="kmeans: from this iteration on, half the batches are plain random ones."),
+    eval_epochs: Optional[int] = typer.Option(None, help="dc|dsa|dm: training epochs of each evaluation model (default 300; dm 1000)."),
     json_out: bool = O.JSON,
     quiet: bool = O.QUIET,
 ) -> None:
-    """Distil a dataset into a few synthetic images and learned step sizes."""
+    """Distil a dataset into a few synthetic images and learned step sizes (or condense it with --method dc|dsa|dm)."""
+    check_options(
+        method,
+        dd_only={"--steps": (steps, D.steps), "--epochs": (epochs, D.epochs), "--init": (init, D.init),
+                 "--init-scheme": (init_scheme, D.init_scheme), "--init-seed": (init_seed, D.init_seed),
+                 "--weights": (weights, None), "--population": (population, None),
+                 "--heldout-population": (heldout_population, None), "--n-models": (n_models, D.n_models),
+                 "--lr-step-sizes": (lr_step_sizes, None), "--distill-lr": (distill_lr, D.distill_lr),
+                 "--decay-every": (decay_every, None), "--mode": (mode, D.mode),
+                 "--keep-graphs": (keep_graphs, D.keep_graphs), "--learn-labels": (learn_labels, D.learn_labels),
+                 "--eval-every": (eval_every, None)},
+        condense_only={"--outer-loop": outer_loop, "--inner-loop": inner_loop, "--lr-net": lr_net,
+                       "--dsa-strategy": dsa_strategy, "--batch-sampling": batch_sampling, "--clusters": clusters,
+                       "--feature-layer": feature_layer, "--feature-model": feature_model,
+                       "--feature-arch": feature_arch, "--mix-after": mix_after, "--eval-epochs": eval_epochs},
+    )
+    if method != "dd":
+        from ddsec.condense import CondenseConfig
+
+        settings = dict(model=model, iterations=iterations, lr_img=lr, eval_models=eval_models, lr_net=lr_net,
+                        batch_sampling=batch_sampling)
+        condense_command(CondenseConfig(
+            method=method, dataset=dataset, data_dir=data_dir, download=download, ipc=ipc, image_init=image_init,
+            batch_real=batch_size, outer_loop=outer_loop, inner_loop=inner_loop, dsa_strategy=dsa_strategy,
+            clusters=clusters, feature_layer=feature_layer, feature_model=feature_model, feature_arch=feature_arch,
+            mix_after=mix_after, seed=seed, device=device, eval_epochs=eval_epochs,
+            **{k: v for k, v in settings.items() if v is not None},
+        ), out_path=out_path, resume=resume, force=force, json_out=json_out, quiet=quiet)
+        return
+    model = model or D.model
+    iterations = D.iterations if iterations is None else iterations
     cfg = D(
         dataset=dataset, data_dir=data_dir, download=download, model=model, steps=steps, epochs=epochs, ipc=ipc, init=init,
         init_scheme=init_scheme, init_seed=init_seed, weights=weights, population=population,
         heldout_population=heldout_population, n_models=n_models, iterations=iterations,
-        batch_size=batch_size, lr=lr, lr_step_sizes=lr_step_sizes, distill_lr=distill_lr, decay_every=decay_every, mode=mode,
+        batch_size=batch_size, lr=D.lr if lr is None else lr, lr_step_sizes=lr_step_sizes, distill_lr=distill_lr, decay_every=decay_every, mode=mode,
         keep_graphs=keep_graphs, image_init=image_init, learn_labels=learn_labels,
-        seed=seed, device=device, eval_models=eval_models,
+        seed=seed, device=device, eval_models=D.eval_models if eval_models is None else eval_models,
     )
     default = Path("distilled") / f"{dataset}-{model}.safetensors"
     output, checkpoint = O.output_paths(out_path, default, resume=resume, force=force)

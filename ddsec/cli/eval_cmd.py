@@ -14,10 +14,12 @@ import typer
 from rich.table import Table
 
 from ddsec.cli.render import err, out, percent, print_json, progress_bar, result_table, user_errors
+from ddsec.errors import DDSecError
 
 if TYPE_CHECKING:
     from ddsec.baselines import BaselineResult, Report
     from ddsec.distill import DistillJob
+    from ddsec.evaluate import EvalResult
     from ddsec.export import DistilledMeta, DistilledSet
 
 BASELINE_HELP = ("Also evaluate a Table 1 baseline of the same size: random | optimized | kmeans | average | knn"
@@ -31,17 +33,17 @@ class StageBars:
         self.quiet = quiet
         self.stack = ExitStack()
         self.key: tuple[str, str] | None = None
-        self.update = lambda done: None
+        self.update = lambda done, info="": None
 
     def reporter(self, kind: str) -> Report:
-        """An ``on_progress(stage, done, total)`` callback for baseline ``kind``."""
+        """An ``on_progress(stage, done, total, info="")`` callback for baseline (or method) ``kind``."""
 
-        def report(stage: str, done: int, total: int) -> None:
+        def report(stage: str, done: int, total: int, info: str = "") -> None:
             if (kind, stage) != self.key:
                 self.stack.close()
                 self.key = (kind, stage)
                 self.update = self.stack.enter_context(progress_bar(f"{kind}: {stage}", total, quiet=self.quiet))
-            self.update(done)
+            self.update(done, info)
 
         return report
 
@@ -63,25 +65,47 @@ def evaluate(
     baseline: Optional[list[str]] = typer.Option(None, help=BASELINE_HELP),
     grid_models: int = typer.Option(5, help="Baselines: models per step-size × epochs cell and per optimized candidate."),
     candidates: int = typer.Option(25, help="Baseline optimized: random real sets scored (the best 20% are kept)."),
+    protocol: Optional[str] = typer.Option(None, help="steps: replay the set as distilled; train-epochs: train fresh"
+                                                     " models on its images for --epochs epochs (SGD, the DC/DSA/DM"
+                                                     " protocol). Default: train-epochs for sets made by dc|dsa|dm."),
+    epochs: Optional[int] = typer.Option(None, help="train-epochs: epochs per model (default the set's own: 300, dm 1000)."),
+    augment: Optional[str] = typer.Option(None, help="train-epochs: DSA operations while training (e.g."
+                                                   " color_crop_cutout_scale_rotate) or none; default the set's method's."),
     quiet: bool = typer.Option(False, help="No progress bars."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object as the last line of stdout."),
 ) -> None:
-    """Evaluate a distilled set exactly as distilled (step order, learned step sizes, epochs)."""
+    """Evaluate a distilled set exactly as distilled (step order, learned step sizes, epochs), or by training fresh models on it for a number of epochs."""
     from ddsec.baselines import check_kinds
+    from ddsec.condense.protocol import PROTOCOLS, default_protocol, file_method
     from ddsec.distill import evaluate_distilled, prepare_eval
 
     kinds = check_kinds(baseline or [])
+    if protocol is not None and protocol not in PROTOCOLS:
+        raise DDSecError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     with err.status("loading the set and the data…"):
         dset, job = prepare_eval(file, data_dir=data_dir, heldout_population=heldout_population, device=device)
     meta = dset.meta
-    with err.status("training held-out models…"):
-        result = evaluate_distilled(dset, job, n_models=models, per_step=per_step, seed=seed)
+    chosen = protocol or default_protocol(meta.config)
+    if chosen == "train-epochs":
+        if per_step or kinds:
+            raise DDSecError("--per-step and --baseline go with --protocol steps")
+        result, rows = train_epochs(dset, job, models=models, epochs=epochs, augment=augment, seed=seed,
+                                    quiet=quiet, chosen_by=("--protocol" if protocol else
+                                                            f"default for a {file_method(meta.config)} set"))
+    else:
+        if epochs is not None or augment is not None:
+            raise DDSecError("--epochs and --augment go with --protocol train-epochs")
+        with err.status("training held-out models…"):
+            result = evaluate_distilled(dset, job, n_models=models, per_step=per_step, seed=seed)
+        rows = [("protocol", "steps (as distilled)")]
     summary = result.summary()
+    after = "after the steps" if chosen == "steps" else "after training"
     rows = [
         ("file", str(file)),
         ("set", f"{meta.dataset}, {meta.model}, init {meta.init}, {meta.epochs} epochs, ipc {meta.ipc}"),
-        (f"accuracy after the steps, {summary['models']} models", percent(summary["acc_mean"], summary["acc_std"])),
-        ("accuracy before the steps", percent(summary["acc_before_mean"])),
+        *rows,
+        (f"accuracy {after}, {summary['models']} models", percent(summary["acc_mean"], summary["acc_std"])),
+        (f"accuracy before {'the steps' if chosen == 'steps' else 'training'}", percent(summary["acc_before_mean"])),
     ]
     out.print(result_table("ddsec eval", rows))
     if per_step and result.per_step is not None:
@@ -100,6 +124,26 @@ def evaluate(
             payload["baselines"] = {kind: {**r.summary(), "grid": r.grid, "details": r.details}
                                     for kind, r in baselines.items()}
         print_json(payload)
+
+
+def train_epochs(dset: DistilledSet, job: DistillJob, *, models: int, epochs: int | None, augment: str | None,
+                 seed: int, quiet: bool, chosen_by: str) -> tuple[EvalResult, list[tuple[str, str]]]:
+    """The train-epochs protocol on fresh models, with the set's defaults; the result and its table rows."""
+    from ddsec.condense.protocol import default_augmentation, default_epochs, evaluate_set
+
+    epochs = default_epochs(dset.meta.config) if epochs is None else epochs
+    augmentation = default_augmentation(dset.meta.config) if augment is None else augment
+    if epochs < 1 or models < 1:
+        raise DDSecError(f"--epochs and --models must be at least 1, got {epochs} and {models}")
+    bars = StageBars(quiet)
+    try:
+        result = evaluate_set(job.model, job.heldout, dset.images, dset.labels, job.test.images, job.test.labels,
+                              n_models=models, epochs=epochs, augmentation=augmentation, seed=seed, device=job.device,
+                              on_model=lambda done, total: bars.reporter("train-epochs")("models", done, total))
+    finally:
+        bars.close()
+    rows = [("protocol", f"train-epochs ({chosen_by}): {epochs} epochs, SGD, augmentation {augmentation}")]
+    return result, rows
 
 
 def run_baselines(dset: DistilledSet, job: DistillJob, kinds: tuple[str, ...], *, models: int, grid_models: int,

@@ -1,0 +1,152 @@
+"""The outer loop shared by the condensation methods: SGD on images, checkpoints, resume.
+
+Gradient matching (Zhao et al., arXiv 2006.05929) and distribution matching (arXiv 2110.04181)
+both learn the synthetic images with SGD with momentum 0.5; a method is a :data:`Step` that
+runs one outer iteration (sampling a fresh network, matching, updating the images one or more
+times with :class:`ImageSGD`). The loop reports through a callback (it never prints),
+checkpoints atomically every ``checkpoint_every`` iterations and on Ctrl-C (then re-raises),
+resumes exactly, and stops with :class:`~ddsec.errors.NonFiniteError` on a NaN/inf loss or
+image, the last good state saved.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ddsec.condense.checkpoint import Checkpoint, ImageState, load_checkpoint, save_checkpoint
+from ddsec.errors import DDSecError, NonFiniteError
+
+Step = Callable[[ImageState, torch.Generator, int], tuple[ImageState, float]]
+"""``step(state, generator, iteration) -> (new state, matching loss)``: one outer iteration."""
+
+
+@dataclass(frozen=True)
+class ImageSGD:
+    """SGD with momentum on the synthetic images (PyTorch's convention: no dampening).
+
+    Attributes:
+        lr: learning rate.
+        momentum: momentum factor.
+    """
+
+    lr: float
+    momentum: float = 0.5
+
+    def __call__(self, state: ImageState, grad: Tensor) -> ImageState:
+        """The state after one step along ``grad`` (float ``[N, C, H, W]``)."""
+        velocity = self.momentum * state.momentum + grad.detach()
+        return ImageState((state.images - self.lr * velocity).detach(), velocity)
+
+
+@dataclass(frozen=True)
+class CondenseProgress:
+    """One completed outer iteration, as given to the progress callback.
+
+    Attributes:
+        iteration: iterations completed (1-based).
+        iterations: total planned.
+        loss: the iteration's matching loss.
+        images: the current images ``[N, C, H, W]`` (live: copy before keeping).
+        event: ``"checkpoint"`` when a checkpoint was written after this iteration, else ``""``.
+    """
+
+    iteration: int
+    iterations: int
+    loss: float
+    images: Tensor
+    event: str = ""
+
+
+@dataclass(frozen=True)
+class CondenseResult:
+    """The learned images ``[N, C, H, W]`` and the loss history (float32 ``[iterations]``)."""
+
+    images: Tensor
+    losses: Tensor
+    resumed_from: int = 0
+
+
+def _resume(path: Path | None, fingerprint: dict, device: torch.device) -> Checkpoint:
+    if path is None or not path.exists():
+        raise DDSecError(f"--resume: no checkpoint at {path}; run without --resume to start")
+    checkpoint = load_checkpoint(path, device)
+    if checkpoint.fingerprint != fingerprint:
+        changed = sorted(k for k in fingerprint.keys() | checkpoint.fingerprint.keys()
+                         if fingerprint.get(k) != checkpoint.fingerprint.get(k))
+        raise DDSecError(f"{path} was written with other settings ({', '.join(changed)} differ);"
+                         " rerun with the original options, or pass --force to start over")
+    return checkpoint
+
+
+def condense(
+    step: Step,
+    initial: Tensor,
+    *,
+    iterations: int,
+    seed: int,
+    fingerprint: dict,
+    checkpoint_path: str | Path | None = None,
+    resume: bool = False,
+    checkpoint_every: int = 10,
+    on_progress: Callable[[CondenseProgress], None] | None = None,
+) -> CondenseResult:
+    """Run ``iterations`` outer iterations of ``step`` from ``initial`` images.
+
+    Args:
+        step: one outer iteration of a method.
+        initial: float ``[N, C, H, W]`` starting images (ignored when resuming).
+        iterations: total outer iterations.
+        seed: seeds the CPU generator behind every random draw of the run.
+        fingerprint: settings that must not change between a run and its resumption.
+        checkpoint_path: where to checkpoint (``None``: never).
+        resume: continue from ``checkpoint_path``.
+        checkpoint_every: iterations between checkpoints.
+        on_progress: called after every iteration.
+
+    Raises:
+        NonFiniteError: a NaN/inf loss or image (the last good state is checkpointed first).
+        KeyboardInterrupt: re-raised after checkpointing the last completed iteration.
+    """
+    path = None if checkpoint_path is None else Path(checkpoint_path)
+    generator = torch.Generator().manual_seed(seed)
+    state = ImageState(initial.detach(), torch.zeros_like(initial))
+    losses: list[float] = []
+    if resume:
+        checkpoint = _resume(path, fingerprint, initial.device)
+        state, losses = checkpoint.state, checkpoint.losses.tolist()
+        generator.set_state(checkpoint.generator_state)
+    first = len(losses)
+    next_draws = generator.get_state()
+
+    def save() -> None:
+        if path is not None:
+            save_checkpoint(path, Checkpoint(state, next_draws, torch.tensor(losses, dtype=torch.float32), fingerprint))
+
+    try:
+        for iteration in range(first, iterations):
+            next_draws = generator.get_state()
+            new_state, loss = step(state, generator, iteration)
+            if not (math.isfinite(loss) and bool(torch.isfinite(new_state.images).all())):
+                save()
+                raise NonFiniteError(f"the matching loss or the images became NaN/inf at iteration {iteration + 1};"
+                                     " the last good state is checkpointed; lower --lr and start over with --force")
+            state = new_state
+            losses.append(loss)
+            next_draws = generator.get_state()
+            done = iteration + 1
+            event = ""
+            if path is not None and done % checkpoint_every == 0 and done < iterations:
+                save()
+                event = "checkpoint"
+            if on_progress is not None:
+                on_progress(CondenseProgress(done, iterations, loss, state.images, event))
+    except KeyboardInterrupt:
+        save()
+        raise
+    return CondenseResult(state.images, torch.tensor(losses, dtype=torch.float32), first)
