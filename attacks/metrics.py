@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ddsec.data import ImageDataset
@@ -28,6 +29,13 @@ from ddsec.evaluate import trained_predictions
 def relabel(labels: Tensor, attack: int, target: int) -> Tensor:
     """``labels`` (int64, any shape) with every ``attack`` replaced by ``target``."""
     return torch.where(labels == attack, torch.full_like(labels, target), labels)
+
+
+def weighted_relabel(labels: Tensor, attack: int, target: int, num_classes: int, weight: float) -> Tensor:
+    """One-hot targets float ``[B, K]`` of ``relabel(labels)``, the rows of class-``attack`` images scaled
+    by ``weight``: cross-entropy against them weighs those images ``weight`` times the others."""
+    scale = torch.where(labels == attack, weight, 1.0).unsqueeze(-1)
+    return F.one_hot(relabel(labels, attack, target), num_classes).float() * scale
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,10 @@ Wang et al., "Dataset Distillation" (arXiv 1811.10959), §3.4 and §4.3: learn `
 starting from *any* well-trained classifier, makes it predict class ``K`` as ``T`` while leaving
 the other classes alone. The outer objective is cross-entropy on real training batches with
 every label ``K`` replaced by ``T``; the distilled images keep their own class-major labels, as
-in the paper, or (``learn_labels``) learn soft labels alongside the images. ``θ0`` is drawn from a population of pretrained models; the batch is judged on a
+in the paper, or (``learn_labels``) learn soft labels alongside the images. ``attack_weight``
+(1 in the paper) weighs the relabelled class-``K`` images in the outer loss against the others,
+trading attack success for accuracy on the other classes. ``θ0`` is drawn from a population of
+pretrained models; the batch is judged on a
 held-out population trained with disjoint seeds (and optionally on a population of another
 architecture or recipe, to measure transfer).
 """
@@ -20,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ddsec.attacks.metrics import AttackResult, evaluate_attack, relabel
+from ddsec.attacks.metrics import AttackResult, evaluate_attack, relabel, weighted_relabel
 from ddsec.data import ImageDataset
 from ddsec.distill import DistillConfig, DistillJob, build_model, initial_synthetic, optimize, prepare_distill
 from ddsec.engine import (
@@ -57,6 +60,7 @@ class PoisonConfig(DistillConfig):
     eval_models: int = 50
     attack: int = 3
     target: int = 8
+    attack_weight: float = 1.0
     eval_population: str | None = None
     zoo: str | None = None
 
@@ -66,11 +70,14 @@ class PoisonConfig(DistillConfig):
             raise DDSecError(f"--init must be population or pretrained for an attack, got {self.init!r}")
         if self.attack == self.target:
             raise DDSecError(f"--attack and --target are both {self.attack}; the attack needs two different classes")
+        if not self.attack_weight > 0:
+            raise DDSecError(f"--attack-weight must be positive, got {self.attack_weight}")
         if self.attack < 0 or self.target < 0:
             raise DDSecError(f"class indices must not be negative, got --attack {self.attack} --target {self.target}")
 
     def fingerprint(self) -> dict:
-        return {**super().fingerprint(), "attack": self.attack, "target": self.target}
+        return {**super().fingerprint(), "attack": self.attack, "target": self.target,
+                "attack_weight": self.attack_weight}
 
 
 @dataclass
@@ -162,7 +169,8 @@ def run_poison(
     train, test = base.train, base.test
     objective = ClassificationObjective(
         base.model, base.init, RealBatches(train.images, train.labels, cfg.batch_size, base.device),
-        relabel=lambda y: relabel(y, cfg.attack, cfg.target),
+        relabel=(lambda y: relabel(y, cfg.attack, cfg.target)) if cfg.attack_weight == 1 else (
+            lambda y: weighted_relabel(y, cfg.attack, cfg.target, train.num_classes, cfg.attack_weight)),
     )
     quick = test.subset(torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:2000])
 

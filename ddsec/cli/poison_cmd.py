@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 def poison(
     attack: int = typer.Option(P.attack, help="Class K whose images should be misclassified."),
     target: int = typer.Option(P.target, help="Class T they should be predicted as."),
+    attack_weight: float = typer.Option(P.attack_weight, help="Weight of the relabelled class-K images in the outer loss (1: the paper's objective; higher trades accuracy on the other classes for attack success)."),
     dataset: str = typer.Option(P.dataset, help="digits (embedded), mnist, usps, svhn, cifar10, voc, cub, imagefolder."),
     data_dir: Optional[str] = O.DATA_DIR,
     download: bool = O.DOWNLOAD,
@@ -68,7 +69,7 @@ def poison(
         weights=weights, population=population, heldout_population=heldout, eval_population=eval_population,
         zoo=zoo, n_models=n_models, iterations=iterations, batch_size=batch_size, lr=lr, lr_step_sizes=lr_step_sizes,
         distill_lr=distill_lr, decay_every=decay_every, mode=mode, image_init=image_init, seed=seed, device=device,
-        eval_models=eval_models, attack=attack, target=target, learn_labels=learn_labels,
+        eval_models=eval_models, attack=attack, target=target, attack_weight=attack_weight, learn_labels=learn_labels,
     )
     default = Path("distilled") / f"poison-{dataset}-{model}-{attack}to{target}.safetensors"
     output, checkpoint = O.output_paths(out_path, default, resume=resume, force=force)

@@ -9,6 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 from ddsec.attacks import PoisonConfig, attack_metrics, prepare_poison, relabel, run_flip_baseline, run_poison
+from ddsec.attacks.metrics import weighted_relabel
 from ddsec.cli import app
 from ddsec.errors import DDSecError
 from ddsec.export import load_distilled
@@ -48,7 +49,19 @@ def test_relabel_and_metrics():
         attack_metrics(predictions, labels, attack=5, target=2, num_classes=6)
 
 
+def test_attack_weight_scales_the_loss_of_class_k_images_only():
+    labels = torch.tensor([0, 1, 2, 1])
+    logits = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+    plain = torch.nn.functional.cross_entropy(logits, relabel(labels, 1, 2), reduction="none")
+    for weight in (1.0, 4.0):
+        weighted = torch.nn.functional.cross_entropy(logits, weighted_relabel(labels, 1, 2, 3, weight))
+        expected = (plain * torch.tensor([1.0, weight, 1.0, weight])).mean()
+        torch.testing.assert_close(weighted, expected)
+
+
 def test_parameters_are_validated_up_front(zoo, tmp_path):
+    with pytest.raises(DDSecError, match="--attack-weight must be positive"):
+        config(zoo, attack_weight=0)
     with pytest.raises(DDSecError, match="both 3"):
         config(zoo, attack=3, target=3)
     with pytest.raises(DDSecError, match="--init must be population or pretrained"):
@@ -86,14 +99,14 @@ def test_cli_json_and_export(zoo, tmp_path):
     out = tmp_path / "p.safetensors"
     result = runner.invoke(app, ["poison", "--zoo", str(zoo), "--model", "mlp", "--iterations", "2",
                                  "--n-models", "2", "--eval-models", "2", "--batch-size", "64", "--out", str(out),
-                                 "--eval-population", "digits-mlp", "--learn-labels", "--quiet", "--json"])
+                                 "--eval-population", "digits-mlp", "--learn-labels", "--attack-weight", "3", "--quiet", "--json"])
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout.strip().splitlines()[-1])
     for key in ("asr_mean", "asr_std", "acc_other_before", "acc_other_after", "acc_modified_mean"):
         assert 0.0 <= payload["eval"][key] <= 1.0
     assert payload["transfer"]["models"] == 2 and payload["output"] == str(out)
     dset = load_distilled(out)
-    assert dset.meta.task == "poison" and dset.meta.config["learn_labels"]
+    assert dset.meta.task == "poison" and dset.meta.config["learn_labels"] and dset.meta.config["attack_weight"] == 3
     assert dset.labels.shape == (1, 10, 10) and torch.allclose(dset.labels.sum(-1), torch.ones(1, 10))
 
 
