@@ -258,6 +258,8 @@ def evaluate_train_epochs(
     """
     if n_models < 1:
         raise ValueError(f"n_models must be at least 1, got {n_models}")
+    device = next(model.parameters()).device
+    images, labels = images.to(device), labels.to(device)
     starts, trained = [], []
     for index in range(n_models):
         start = select(init.sample(1, generator), 0)

@@ -137,8 +137,8 @@ def train_epochs(dset: DistilledSet, job: DistillJob, *, models: int, epochs: in
         raise DDSecError(f"--epochs and --models must be at least 1, got {epochs} and {models}")
     bars = StageBars(quiet)
     try:
-        result = evaluate_set(job.model, job.heldout, dset.images, dset.labels, job.test.images, job.test.labels,
-                              n_models=models, epochs=epochs, augmentation=augmentation, seed=seed, device=job.device,
+        result = evaluate_set(job.model, job.heldout, dset.images, dset.labels, job.test, n_models=models,
+                              epochs=epochs, augmentation=augmentation, seed=seed,
                               on_model=lambda done, total: bars.reporter("train-epochs")("models", done, total))
     finally:
         bars.close()

@@ -1,26 +1,22 @@
-"""Atomic, resumable checkpoints of a condensation run (safetensors, no pickle).
+"""Checkpoints of a condensation run, in the outer loop's own checkpoint format.
 
-A checkpoint holds what the loop of :mod:`ddsec.condense.loop` needs to continue exactly where it
-stopped: the synthetic images and their momentum, the random generator's state at the start of
-the next iteration, the loss history and a fingerprint of the run's settings (resuming with
-other settings is refused).
+A condensation run is saved with :func:`ddsec.engine.save_checkpoint` (atomic, safetensors, no
+pickle) as a one-step synthetic set with class-major labels: the images ``[1, N, C, H, W]``,
+their SGD momentum as the optimizer state ``images.momentum_buffer``, the random generator's
+state at the start of the next iteration, the loss history and the run's fingerprint.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
 from torch import Tensor
 
-from ddsec._io import atomic_path
-from ddsec.errors import FormatError
+from ddsec.engine import LoopState, SyntheticSet, class_major_labels, load_checkpoint, save_checkpoint
 
-CHECKPOINT_FORMAT = "ddsec.condense-checkpoint/1"
+_MOMENTUM = "images.momentum_buffer"
 
 
 @dataclass(frozen=True)
@@ -36,62 +32,21 @@ class ImageState:
     momentum: Tensor
 
 
-@dataclass(frozen=True)
-class Checkpoint:
-    """A run's state after ``iteration`` completed iterations.
-
-    Attributes:
-        state: images and momentum.
-        generator_state: uint8 state of the CPU ``torch.Generator`` for the next iteration.
-        losses: float32 ``[iteration]`` matching loss per completed iteration.
-        fingerprint: JSON-able settings that must match on resume.
-    """
-
-    state: ImageState
-    generator_state: Tensor
-    losses: Tensor
-    fingerprint: dict
-
-    @property
-    def iteration(self) -> int:
-        """Completed iterations."""
-        return int(self.losses.shape[0])
+def save_state(path: Path, state: ImageState, generator_state: Tensor, losses: list[float], fingerprint: dict) -> None:
+    """Checkpoint ``state`` after ``len(losses)`` iterations, atomically."""
+    images = state.images.detach().unsqueeze(0)
+    labels = class_major_labels(1, images.shape[1], 1)  # layout only; the class of each image is implied
+    synthetic = SyntheticSet(images, labels.to(images.device), torch.zeros(1, dtype=images.dtype, device=images.device))
+    save_checkpoint(path, LoopState(synthetic, {_MOMENTUM: state.momentum.detach()}, generator_state, len(losses),
+                                    torch.tensor(losses, dtype=torch.float32), 1.0, fingerprint))
 
 
-def save_checkpoint(path: str | Path, checkpoint: Checkpoint) -> Path:
-    """Write ``checkpoint`` to ``path`` atomically (a crash leaves the previous one intact)."""
-    tensors = {
-        "images": checkpoint.state.images.detach().cpu().contiguous(),
-        "momentum": checkpoint.state.momentum.detach().cpu().contiguous(),
-        "generator_state": checkpoint.generator_state.cpu().contiguous(),
-        "losses": checkpoint.losses.detach().cpu().float().contiguous(),
-    }
-    metadata = {"format": CHECKPOINT_FORMAT, "fingerprint": json.dumps(checkpoint.fingerprint, sort_keys=True)}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
-    return Path(path)
-
-
-def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Checkpoint:
-    """Read a checkpoint written by :func:`save_checkpoint`, images on ``device``.
+def load_state(path: Path, device: torch.device | str = "cpu") -> tuple[ImageState, Tensor, list[float], dict]:
+    """``(state, generator state, losses, fingerprint)`` from a checkpoint written by :func:`save_state`.
 
     Raises:
-        FormatError: the file is unreadable, truncated or not a condensation checkpoint.
+        FormatError: the file is unreadable, truncated or not a checkpoint.
     """
-    path = Path(path)
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-        if metadata.get("format") != CHECKPOINT_FORMAT:
-            raise FormatError(f"{path} is not a ddsec condensation checkpoint (format {metadata.get('format')!r});"
-                              " delete it or pass --force")
-        tensors = load_file(str(path))
-        return Checkpoint(
-            state=ImageState(tensors["images"].to(device), tensors["momentum"].to(device)),
-            generator_state=tensors["generator_state"],
-            losses=tensors["losses"],
-            fingerprint=json.loads(metadata["fingerprint"]),
-        )
-    except (SafetensorError, OSError, KeyError, ValueError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else "corrupt"
-        raise FormatError(f"cannot read checkpoint {path}: {type(exc).__name__}: {reason}; pass --force to start over") from None
+    loop = load_checkpoint(path, device)
+    state = ImageState(loop.synthetic.images[0], loop.adam[_MOMENTUM].to(device))
+    return state, loop.generator_state, loop.losses.tolist(), loop.fingerprint

@@ -20,12 +20,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from ddsec.condense.augment import dsa, dsa_augment, random_seed
+from ddsec.condense.augment import dsa_augment
 from ddsec.condense.checkpoint import ImageState
-from ddsec.condense.loop import ImageSGD, Step
+from ddsec.condense.loop import Step
 from ddsec.condense.matching import gradient_distance
-from ddsec.condense.sampling import BatchSampler
-from ddsec.engine import InitDistribution, select
+from ddsec.condense.problem import Matching
+from ddsec.engine import select
 from ddsec.evaluate import EpochRecipe, train_on
 
 LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
@@ -45,56 +45,36 @@ def class_gradients(model: nn.Module, params: dict[str, Tensor], images: Tensor,
     return torch.autograd.grad(loss, list(params.values()), create_graph=create_graph)
 
 
-def gradient_matching_step(
-    model: nn.Module,
-    init: InitDistribution,
-    sampler: BatchSampler,
-    optimizer: ImageSGD,
-    *,
-    num_classes: int,
-    ipc: int,
-    batch_real: int,
-    outer_loop: int,
-    net_recipe: EpochRecipe,
-    strategy: tuple[str, ...] = (),
-) -> Step:
-    """One DC (or, with ``strategy``, DSA) outer iteration as a :data:`~ddsec.condense.loop.Step`.
+def gradient_matching_step(matching: Matching, *, outer_loop: int, net_recipe: EpochRecipe) -> Step:
+    """One DC (or, with ``matching.strategy``, DSA) outer iteration as a :data:`~ddsec.condense.loop.Step`.
 
     Args:
-        model: the architecture, used through ``functional_call``.
-        init: draws the fresh network of each iteration.
-        sampler: real batches per class.
-        optimizer: the SGD step on the images.
-        num_classes, ipc: the synthetic layout (``[num_classes·ipc, C, H, W]``, class-major).
-        batch_real: real images per class per matching step.
+        matching: network, init, real batches, image optimizer, layout and DSA strategy.
         outer_loop: image updates per iteration.
         net_recipe: the network's training between two image updates (``inner_loop`` epochs of
-            plain SGD with lr 0.01 and batches of 256 in the paper).
-        strategy: DSA operations (empty: plain DC).
+            plain SGD with lr 0.01 and batches of 256 in the paper), with per-image DSA when a
+            strategy is set.
     """
-    labels = torch.arange(num_classes).repeat_interleave(ipc)
-    augment = dsa_augment(strategy)
+    m = matching
+    labels = torch.arange(m.num_classes).repeat_interleave(m.ipc)
+    augment = dsa_augment(m.strategy)
 
     def step(state: ImageState, generator: torch.Generator, iteration: int) -> tuple[ImageState, float]:
-        params = {k: v.requires_grad_(True) for k, v in select(init.sample(1, generator), 0).items()}
+        params = {k: v.requires_grad_(True) for k, v in select(m.init.sample(1, generator), 0).items()}
         losses = []
         for outer in range(outer_loop):
             images = state.images.detach().requires_grad_(True)
             loss = images.new_zeros(())
-            for c in range(num_classes):
-                real = sampler.draw(c, batch_real, generator, iteration)
-                syn = images[c * ipc : (c + 1) * ipc]
-                if strategy:
-                    seed = random_seed(generator)
-                    real, syn = dsa(real, strategy, seed), dsa(syn, strategy, seed)
-                g_real = class_gradients(model, params, real, c, create_graph=False)
-                g_syn = class_gradients(model, params, syn, c, create_graph=True)
+            for c in range(m.num_classes):
+                real, syn = m.pair(images, c, generator, iteration)
+                g_real = class_gradients(m.model, params, real, c, create_graph=False)
+                g_syn = class_gradients(m.model, params, syn, c, create_graph=True)
                 loss = loss + gradient_distance(g_real, g_syn)
             (grad,) = torch.autograd.grad(loss, images)
-            state = optimizer(state, grad)
-            losses.append(float(loss.detach()) / num_classes)
+            state = m.optimizer(state, grad)
+            losses.append(float(loss.detach()) / m.num_classes)
             if outer < outer_loop - 1:
-                trained = train_on(model, params, state.images, labels.to(state.images.device), net_recipe,
+                trained = train_on(m.model, params, state.images, labels.to(state.images.device), net_recipe,
                                    generator=generator, augment=augment)
                 params = {k: v.requires_grad_(True) for k, v in trained.items()}
         return state, sum(losses) / len(losses)

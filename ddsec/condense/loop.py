@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ddsec.condense.checkpoint import Checkpoint, ImageState, load_checkpoint, save_checkpoint
+from ddsec.condense.checkpoint import ImageState, load_state, save_state
 from ddsec.errors import DDSecError, NonFiniteError
 
 Step = Callable[[ImageState, torch.Generator, int], tuple[ImageState, float]]
@@ -72,16 +72,15 @@ class CondenseResult:
     resumed_from: int = 0
 
 
-def _resume(path: Path | None, fingerprint: dict, device: torch.device) -> Checkpoint:
+def _resume(path: Path | None, fingerprint: dict, device: torch.device) -> tuple[ImageState, Tensor, list[float]]:
     if path is None or not path.exists():
         raise DDSecError(f"--resume: no checkpoint at {path}; run without --resume to start")
-    checkpoint = load_checkpoint(path, device)
-    if checkpoint.fingerprint != fingerprint:
-        changed = sorted(k for k in fingerprint.keys() | checkpoint.fingerprint.keys()
-                         if fingerprint.get(k) != checkpoint.fingerprint.get(k))
-        raise DDSecError(f"{path} was written with other settings ({', '.join(changed)} differ);"
+    state, generator_state, losses, stored = load_state(path, device)
+    if stored != fingerprint:
+        changed = sorted(k for k in fingerprint.keys() | stored.keys() if fingerprint.get(k) != stored.get(k))
+        raise DDSecError(f"{path} was written with other settings ({', '.join(changed) or 'its kind'} differ);"
                          " rerun with the original options, or pass --force to start over")
-    return checkpoint
+    return state, generator_state, losses
 
 
 def condense(
@@ -118,15 +117,14 @@ def condense(
     state = ImageState(initial.detach(), torch.zeros_like(initial))
     losses: list[float] = []
     if resume:
-        checkpoint = _resume(path, fingerprint, initial.device)
-        state, losses = checkpoint.state, checkpoint.losses.tolist()
-        generator.set_state(checkpoint.generator_state)
+        state, generator_state, losses = _resume(path, fingerprint, initial.device)
+        generator.set_state(generator_state)
     first = len(losses)
     next_draws = generator.get_state()
 
     def save() -> None:
         if path is not None:
-            save_checkpoint(path, Checkpoint(state, next_draws, torch.tensor(losses, dtype=torch.float32), fingerprint))
+            save_state(path, state, next_draws, losses, fingerprint)
 
     try:
         for iteration in range(first, iterations):

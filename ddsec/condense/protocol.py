@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from ddsec.condense.augment import dsa_augment, parse_strategy
 from ddsec.condense.config import METHODS
+from ddsec.data import ImageDataset
 from ddsec.engine import InitDistribution
 from ddsec.evaluate import EpochRecipe, EvalResult, evaluate_train_epochs
 
@@ -49,31 +50,25 @@ def evaluate_set(
     init: InitDistribution,
     images: Tensor,
     labels: Tensor,
-    test_images: Tensor,
-    test_labels: Tensor,
+    test: ImageDataset,
     *,
     n_models: int,
     epochs: int,
     augmentation: str,
     seed: int,
-    device: torch.device | str = "cpu",
     on_model: Callable[[int, int], None] | None = None,
 ) -> EvalResult:
-    """Train ``n_models`` fresh models from ``init`` on every image of a set; test them.
+    """Train ``n_models`` fresh models from ``init`` on every image of a set and test them on ``test``.
 
     Args:
         images: float ``[S, N, C, H, W]``; labels: int64 ``[S, N]`` or float ``[S, N, K]``.
-        test_images: float ``[n, C, H, W]``; test_labels: int64 ``[n]``.
         epochs: training epochs (SGD momentum 0.9, weight decay 5e-4, lr 0.01 ÷ 10 at half).
         augmentation: DSA strategy string (``none``: no augmentation).
         seed: seeds the inits, batch orders and augmentation.
-        device: where the models train (``init``'s device).
         on_model: called as ``on_model(done, n_models)`` after each model.
     """
-    pooled = images.reshape(-1, *images.shape[2:]).to(device)
-    targets = labels.reshape(-1, *labels.shape[2:]).to(device)
     return evaluate_train_epochs(
-        model, init, pooled, targets, test_images, test_labels, n_models=n_models, recipe=EpochRecipe(epochs=epochs),
-        generator=torch.Generator().manual_seed(seed), augment=dsa_augment(parse_strategy(augmentation)),
-        on_model=on_model,
+        model, init, images.flatten(0, 1), labels.flatten(0, 1), test.images, test.labels, n_models=n_models,
+        recipe=EpochRecipe(epochs=epochs), generator=torch.Generator().manual_seed(seed),
+        augment=dsa_augment(parse_strategy(augmentation)), on_model=on_model,
     )

@@ -24,6 +24,7 @@ from ddsec.condense.distribution_matching import distribution_matching_step
 from ddsec.condense.features import check_layer, features
 from ddsec.condense.gradient_matching import gradient_matching_step
 from ddsec.condense.loop import CondenseProgress, ImageSGD, Step, condense
+from ddsec.condense.problem import Matching
 from ddsec.condense.protocol import default_augmentation, evaluate_set
 from ddsec.condense.sampling import BatchSampler, ClusterBatches, RandomBatches, cached_clusters, kmeans_clusters
 from ddsec.data import ImageDataset, load_dataset
@@ -115,15 +116,14 @@ def prepare_condense(cfg: CondenseConfig, *, cluster_cache: str | Path | None = 
 
 def build_step(job: CondenseJob) -> Step:
     """The method's outer iteration for ``job``."""
-    cfg, train = job.cfg, job.train
-    optimizer = ImageSGD(cfg.lr_img, cfg.momentum_img)
-    common = dict(num_classes=train.num_classes, ipc=cfg.ipc, batch_real=cfg.batch_real, strategy=cfg.strategy)
+    cfg = job.cfg
+    matching = Matching(job.model, job.init, job.sampler, ImageSGD(cfg.lr_img, cfg.momentum_img),
+                        job.train.num_classes, cfg.ipc, cfg.batch_real, cfg.strategy)
     if cfg.method == "dm":
-        return distribution_matching_step(job.model, job.init, job.sampler, optimizer, **common)
+        return distribution_matching_step(matching)
     net_recipe = EpochRecipe(epochs=cfg.inner_loop, lr=cfg.lr_net, momentum=0.0, weight_decay=0.0,
                              batch_size=cfg.batch_train, decay=1.0)
-    return gradient_matching_step(job.model, job.init, job.sampler, optimizer, outer_loop=cfg.outer_loop,
-                                  net_recipe=net_recipe, **common)
+    return gradient_matching_step(matching, outer_loop=cfg.outer_loop, net_recipe=net_recipe)
 
 
 def initial_images(job: CondenseJob) -> Tensor:
@@ -142,9 +142,8 @@ def evaluate_images(job: CondenseJob, images: Tensor, *, n_models: int, epochs: 
     """Train-epochs evaluation of images ``[K·ipc, C, H, W]`` on fresh inits, with the method's augmentation."""
     cfg, train, test = job.cfg, job.train, job.test
     labels = class_major_labels(train.num_classes, cfg.ipc, 1).to(job.device)
-    return evaluate_set(job.model, job.init, images.unsqueeze(0), labels, test.images, test.labels,
-                        n_models=n_models, epochs=epochs, augmentation=default_augmentation(asdict(cfg)),
-                        seed=seed, device=job.device, on_model=on_model)
+    return evaluate_set(job.model, job.init, images.unsqueeze(0), labels, test, n_models=n_models, epochs=epochs,
+                        augmentation=default_augmentation(asdict(cfg)), seed=seed, on_model=on_model)
 
 
 def run_condense(

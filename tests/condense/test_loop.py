@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ddsec.condense.checkpoint import load_checkpoint
+from ddsec.condense.checkpoint import load_state
 from ddsec.condense.distribution_matching import distribution_matching_step
 from ddsec.condense.gradient_matching import default_loops, gradient_matching_step
 from ddsec.condense.loop import ImageSGD, condense
+from ddsec.condense.problem import Matching
 from ddsec.condense.sampling import RandomBatches
 from ddsec.engine import FixedInit, RandomInit
 from ddsec.errors import DDSecError, NonFiniteError
@@ -28,14 +29,17 @@ def data():
     return RandomBatches(images, labels, CLASSES), start
 
 
+def matching(model, init, sampler, lr, strategy=()):
+    return Matching(model, init, sampler, ImageSGD(lr), num_classes=CLASSES, ipc=IPC, batch_real=10, strategy=strategy)
+
+
 def dc_step(model, init, sampler, strategy=(), lr=0.1):
-    return gradient_matching_step(model, init, sampler, ImageSGD(lr), num_classes=CLASSES, ipc=IPC, batch_real=10,
-                                  outer_loop=2, net_recipe=EpochRecipe(epochs=1, momentum=0.0, weight_decay=0.0,
-                                                                       decay=1.0), strategy=strategy)
+    recipe = EpochRecipe(epochs=1, momentum=0.0, weight_decay=0.0, decay=1.0)
+    return gradient_matching_step(matching(model, init, sampler, lr, strategy), outer_loop=2, net_recipe=recipe)
 
 
 def dm_step(model, init, sampler, lr=1.0):
-    return distribution_matching_step(model, init, sampler, ImageSGD(lr), num_classes=CLASSES, ipc=IPC, batch_real=10)
+    return distribution_matching_step(matching(model, init, sampler, lr))
 
 
 def test_dc_lowers_its_matching_loss(tiny_cnn, data):
@@ -72,7 +76,7 @@ def test_interrupted_run_resumes_exactly(tiny_cnn, data, tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         condense(step, start, iterations=6, seed=3, fingerprint={"a": 1}, checkpoint_path=path, on_progress=stop_at_4)
-    assert load_checkpoint(path).iteration == 4
+    assert len(load_state(path)[2]) == 4
     with pytest.raises(DDSecError, match="a differ"):
         condense(step, start, iterations=6, seed=3, fingerprint={"a": 2}, checkpoint_path=path, resume=True)
     resumed = condense(step, start, iterations=6, seed=3, fingerprint={"a": 1}, checkpoint_path=path, resume=True)
@@ -91,7 +95,7 @@ def test_nan_stops_with_the_last_good_state_saved(tiny_cnn, data, tmp_path):
     path = tmp_path / "run.ckpt"
     with pytest.raises(NonFiniteError, match="iteration 3"):
         condense(poisoned, start, iterations=5, seed=0, fingerprint={}, checkpoint_path=path)
-    assert load_checkpoint(path).iteration == 2
+    assert len(load_state(path)[2]) == 2
 
 
 def test_published_loops_by_images_per_class():
