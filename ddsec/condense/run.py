@@ -29,7 +29,8 @@ from ddsec.condense.protocol import default_augmentation, evaluate_set
 from ddsec.condense.sampling import BatchSampler, ClusterBatches, RandomBatches, cached_clusters, kmeans_clusters
 from ddsec.data import ImageDataset, load_dataset
 from ddsec.distill import build_model, resolve_device
-from ddsec.engine import RandomInit, class_major_labels
+from ddsec.engine import RandomInit, class_major_labels, world
+from ddsec.errors import DDSecError
 from ddsec.evaluate import EpochRecipe, EvalResult
 from ddsec.export import DistilledMeta, DistilledSet
 
@@ -100,7 +101,12 @@ def prepare_condense(cfg: CondenseConfig, *, cluster_cache: str | Path | None = 
 
     Args:
         cluster_cache: file caching the k-means assignment (``None``: always recompute).
+
+    Raises:
+        DDSecError: bad data or model options, or a ``torchrun`` launch (condensation is one process).
     """
+    if world().size > 1:
+        raise DDSecError(f"--method {cfg.method} runs in one process; launch it without torchrun")
     device = resolve_device(cfg.device)
     train = load_dataset(cfg.dataset, train=True, root=cfg.data_dir, download=cfg.download)
     test = load_dataset(cfg.dataset, train=False, root=cfg.data_dir, download=cfg.download)

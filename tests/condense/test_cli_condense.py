@@ -115,3 +115,12 @@ def test_eval_option_errors(dm_set):
     assert wrong.exit_code == 1 and "--protocol must be one of steps, train-epochs" in wrong.output
     mixed = runner.invoke(app, ["eval", str(out), "--protocol", "steps", "--epochs", "3"])
     assert mixed.exit_code == 1 and "--epochs and --augment go with --protocol train-epochs" in mixed.output
+
+
+def test_condensation_refuses_a_torchrun_launch(monkeypatch, tmp_path):
+    from ddsec.condense import run
+    from ddsec.engine import World
+
+    monkeypatch.setattr(run, "world", lambda: World(0, 2))
+    result = runner.invoke(app, ["distill", "--method", "dm", *TINY, "--out", str(tmp_path / "x.safetensors")])
+    assert result.exit_code == 1 and "runs in one process; launch it without torchrun" in result.output
