@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from ddsec.cli import options as O
+from ddsec.cli.launch import NPROC, relaunch
 from ddsec.adapt.adapt import AdaptConfig as A
 from ddsec.cli.render import err, out, percent, print_json, progress_bar, result_table, user_errors
 from ddsec.errors import DDSecError
@@ -46,10 +47,12 @@ def adapt(
     eval_models: int = typer.Option(A.eval_models, help="Held-out source models evaluated (at most the population's size)."),
     baseline: list[str] = typer.Option([], help="Also evaluate: random | optimized | kmeans | average | all (repeatable)."),
     finetune_steps: int = typer.Option(0, help="Also report fine-tuning held-out source models on the whole target training set for this many Adam steps (0: skip)."),
+    nproc: int = NPROC,
     json_out: bool = O.JSON,
     quiet: bool = O.QUIET,
 ) -> None:
     """Distil a few target images whose steps adapt source-pretrained models to the target domain."""
+    relaunch(nproc)
     from ddsec.adapt import adapt_meta, finetune_reference, pair_defaults, prepare_adapt
     from ddsec.baselines import check_kinds
     from ddsec.cli.eval_cmd import baseline_table, run_baselines

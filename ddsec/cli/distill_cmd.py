@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from ddsec.cli import options as O
+from ddsec.cli.launch import NPROC, relaunch
 from ddsec.cli.condense_cmd import METHOD_HELP, check_options, condense_command
 from ddsec.cli.render import err, out, percent, print_json, progress_bar, result_table, user_errors
 from ddsec.distill import DistillConfig as D
@@ -62,6 +63,7 @@ def distill(
     feature_arch: Optional[str] = typer.Option(None, help="kmeans: architecture of --feature-model (default --model)."),
     mix_after: Optional[int] = typer.Option(None, help="kmeans: from this iteration on, half the batches are plain random ones."),
     eval_epochs: Optional[int] = typer.Option(None, help="dc|dsa|dm: training epochs of each evaluation model (default 300; dm 1000)."),
+    nproc: int = NPROC,
     json_out: bool = O.JSON,
     quiet: bool = O.QUIET,
 ) -> None:
@@ -75,6 +77,7 @@ def distill(
                  "--lr-step-sizes": (lr_step_sizes, None), "--distill-lr": (distill_lr, D.distill_lr),
                  "--decay-every": (decay_every, None), "--mode": (mode, D.mode),
                  "--keep-graphs": (keep_graphs, D.keep_graphs), "--learn-labels": (learn_labels, D.learn_labels),
+                 "--nproc": (nproc, 1),
                  "--eval-every": (eval_every, None)},
         condense_only={"--outer-loop": outer_loop, "--inner-loop": inner_loop, "--lr-net": lr_net,
                        "--dsa-strategy": dsa_strategy, "--batch-sampling": batch_sampling, "--clusters": clusters,
@@ -94,6 +97,7 @@ def distill(
             **{k: v for k, v in settings.items() if v is not None},
         ), out_path=out_path, resume=resume, force=force, json_out=json_out, quiet=quiet)
         return
+    relaunch(nproc)
     model = model or D.model
     iterations = D.iterations if iterations is None else iterations
     cfg = D(

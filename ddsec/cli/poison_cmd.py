@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from ddsec.cli import options as O
+from ddsec.cli.launch import NPROC, relaunch
 from ddsec.attacks.poison import PoisonConfig as P
 from ddsec.cli.render import out, percent, print_json, progress_bar, result_table, user_errors
 from ddsec.errors import DDSecError
@@ -52,10 +53,12 @@ def poison(
     force: bool = O.FORCE,
     eval_models: int = typer.Option(P.eval_models, help="Held-out models evaluated (at most the population's size)."),
     baseline: list[str] = typer.Option([], help="Also run a label-flip baseline: flip-random | flip-average | flip-kmeans | all (repeatable)."),
+    nproc: int = NPROC,
     json_out: bool = O.JSON,
     quiet: bool = O.QUIET,
 ) -> None:
     """Learn a few images whose ONE training step makes trained models predict class K as T."""
+    relaunch(nproc)
     from ddsec.attacks import FLIP_KINDS, prepare_poison, run_poison
     from ddsec.cli.zoo_cmd import train_on_first_use
     from ddsec.distill import resolve_device

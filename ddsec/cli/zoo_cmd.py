@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from ddsec.cli import options as O
+from ddsec.cli.launch import NPROC, relaunch
 from ddsec.cli.render import err, out, percent, print_json, progress_bar, user_errors
 from ddsec.distill import resolve_device
 from ddsec.models_zoo.train import TrainRecipe
@@ -61,10 +62,12 @@ def train(
     data_dir: Optional[str] = O.DATA_DIR,
     device: str = O.DEVICE,
     download: bool = O.DOWNLOAD,
+    nproc: int = NPROC,
     json_out: bool = O.JSON,
     quiet: bool = O.QUIET,
 ) -> None:
     """Train N + H classifiers with disjoint seeds (resumable: rerun the same command)."""
+    relaunch(nproc)
     import time
 
     if batching not in ("auto", "vmap", "loop"):

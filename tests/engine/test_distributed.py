@@ -198,12 +198,36 @@ def test_population_training_across_two_processes_writes_the_single_process_file
                 torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
 
 
-def test_torchrun_distill_exports_once_from_rank_zero(tmp_path):
+def test_distill_on_two_processes_exports_once_from_rank_zero(tmp_path):
     out = tmp_path / "set.safetensors"
-    run = torchrun("distill", "--iterations", "2", "--eval-models", "2", "--out", str(out), "--json", env={})
+    run = subprocess.run([sys.executable, "-m", "ddsec", "distill", "--nproc", "2", "--iterations", "2", "--eval-models",
+                          "2", "--out", str(out), "--json"], env=dict(os.environ, OMP_NUM_THREADS="1"),
+                         capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     payload = json.loads(run.stdout.strip().splitlines()[-1])
     assert payload["output"] == str(out) and payload["eval"]["models"] == 2
     assert run.stdout.count('"output"') == 1  # rank 1 printed nothing
     assert load_distilled(out).meta.dataset == "digits"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["set.safetensors"]  # no checkpoint or temp file left
+
+
+def test_nproc_relaunches_the_same_command_under_torchrun():
+    from ddsec.cli.launch import torchrun_command
+
+    command = torchrun_command(2, ["distill", "--nproc", "2", "--iterations", "3", "--nproc=2", "--json"])
+    assert command[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m"]
+    assert command[6:] == ["ddsec", "distill", "--iterations", "3", "--json"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["distill", "--nproc", "0"], "--nproc must be at least 1"),
+    (["distill", "--method", "dm", "--nproc", "2"], "--nproc"),
+    (["zoo", "train", "--nproc", "-1"], "--nproc must be at least 1"),
+])
+def test_bad_nproc_is_one_line(args, message):
+    from typer.testing import CliRunner
+
+    from ddsec.cli import app
+
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
