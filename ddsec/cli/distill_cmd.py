@@ -43,7 +43,8 @@ def distill(
     mode: str = O.MODE,
     keep_graphs: bool = O.KEEP_GRAPHS,
     learn_labels: bool = typer.Option(D.learn_labels, help="Also learn soft labels (exported as [S, N, K] probabilities)."),
-    image_init: str = typer.Option(D.image_init, help="Start images from random real ones of each class (real) or noise."),
+    image_init: str = typer.Option(D.image_init, help="Start images from random real ones of each class (real) or noise;"
+                                                     " also the image init of dc|dsa|dm (--init is dd's p(θ0))."),
     seed: int = O.SEED,
     device: str = O.DEVICE,
     out_path: Optional[Path] = typer.Option(None, "--out", help="Output .safetensors (default distilled/<dataset>-<model>.safetensors)."),
