@@ -45,6 +45,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--mix-after", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     return p.parse_args()
 
 
@@ -83,7 +84,7 @@ def main() -> None:
         outer_loop=args.outer_loop, inner_loop=args.inner_loop, eval_models=args.eval_models,
         eval_epochs=args.eval_epochs, batch_sampling=args.batch_sampling, clusters=args.clusters,
         feature_layer=args.feature_layer, feature_arch=args.feature_arch if kmeans else None,
-        feature_model=args.feature_model, mix_after=args.mix_after, seed=args.seed, device="cpu",
+        feature_model=args.feature_model, mix_after=args.mix_after, seed=args.seed, device=args.device,
     )
     start = time.perf_counter()
     cache = Path(args.feature_model).with_suffix(".clusters") if kmeans else None
