@@ -25,6 +25,7 @@ from ddsec.engine import (
     RandomInit,
     RealBatches,
     SyntheticSet,
+    World,
     distill,
     load_checkpoint,
     world,
@@ -121,7 +122,9 @@ def worker_dies(rank: int, store: Path, population: Path, out: Path) -> None:
         (out / "error.txt").write_text(str(exc))
 
 
-def spawn(worker, *args) -> list[int]:
+def spawn(monkeypatch, worker, *args) -> list[int]:
+    """Run ``worker(rank, *args)`` in 2 fresh processes; their exit codes."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2]))  # children import this module by name
     context = mp.get_context("spawn")
     processes = [context.Process(target=worker, args=(rank, *args)) for rank in range(2)]
     for process in processes:
@@ -131,9 +134,9 @@ def spawn(worker, *args) -> list[int]:
     return [process.exitcode for process in processes]
 
 
-def test_two_processes_equal_one_process_seeing_the_union(tmp_path):
+def test_two_processes_equal_one_process_seeing_the_union(tmp_path, monkeypatch):
     population = write_population(tmp_path / "pop")
-    assert spawn(worker_distill, tmp_path / "store", population, tmp_path) == [0, 0]
+    assert spawn(monkeypatch, worker_distill, tmp_path / "store", population, tmp_path) == [0, 0]
     ranks = [load_file(str(tmp_path / f"rank{r}.safetensors")) for r in range(2)]
     single = run_distill(population, n_models=N_MODELS, iterations=2)
     for name in ("images", "raw_lrs"):
@@ -142,9 +145,9 @@ def test_two_processes_equal_one_process_seeing_the_union(tmp_path):
     assert not torch.equal(ranks[0]["images"], start_set().images)
 
 
-def test_a_dead_rank_ends_the_run_with_a_clear_error_and_a_resumable_checkpoint(tmp_path):
+def test_a_dead_rank_ends_the_run_with_a_clear_error_and_a_resumable_checkpoint(tmp_path, monkeypatch):
     population = write_population(tmp_path / "pop")
-    codes = spawn(worker_dies, tmp_path / "store", population, tmp_path)
+    codes = spawn(monkeypatch, worker_dies, tmp_path / "store", population, tmp_path)
     assert codes == [0, 3]
     message = (tmp_path / "error.txt").read_text()
     assert "rank 0 lost the other processes" in message and "--resume" in message
@@ -163,7 +166,7 @@ def test_population_shares_partition_the_models_shard_by_shard(tmp_path):
     for rank, share in enumerate(shares):
         for name, tensor in share.items():
             torch.testing.assert_close(tensor, whole[name][rank::3])
-    assert [len(my_share(N_MODELS, w)) for w in (type(world())(r, 3) for r in range(3))] == [2, 1, 1]
+    assert [len(my_share(N_MODELS, World(r, 3))) for r in range(3)] == [2, 1, 1]
 
 
 def test_alone_the_collectives_do_nothing():
@@ -171,7 +174,7 @@ def test_alone_the_collectives_do_nothing():
     assert all_reduce_mean(tensors) is tensors
     here = world()
     assert (here.rank, here.size, here.is_main) == (0, 1, True)
-    seeds = {iteration_seed(7, i, type(here)(r, 2)) for i in range(50) for r in range(2)}
+    seeds = {iteration_seed(7, i, World(r, 2)) for i in range(50) for r in range(2)}
     assert len(seeds) == 100
 
 
