@@ -39,12 +39,14 @@ def adapt(
     decay_every: Optional[int] = O.DECAY_EVERY,
     mode: str = O.MODE,
     keep_graphs: bool = O.KEEP_GRAPHS,
+    learn_labels: bool = O.LEARN_LABELS,
     seed: int = O.SEED,
     device: str = O.DEVICE,
     out_path: Optional[Path] = typer.Option(None, "--out", help="Output .safetensors (default distilled/adapt-<src>-<tgt>.safetensors)."),
     resume: bool = O.RESUME,
     force: bool = O.FORCE,
     eval_models: int = typer.Option(A.eval_models, help="Held-out source models evaluated (at most the population's size)."),
+    eval_every: Optional[int] = O.EVAL_EVERY,
     baseline: list[str] = typer.Option([], help="Also evaluate: random | optimized | kmeans | average | all (repeatable)."),
     finetune_steps: int = typer.Option(0, help="Also report fine-tuning held-out source models on the whole target training set for this many Adam steps (0: skip)."),
     nproc: int = NPROC,
@@ -66,6 +68,7 @@ def adapt(
         raise DDSecError("--baseline knn does not adapt a model; use random, optimized, kmeans or average")
     if finetune_steps < 0:
         raise DDSecError(f"--finetune-steps must not be negative, got {finetune_steps}")
+    every = O.eval_interval(eval_every, iterations)
     chosen = {k: v for k, v in dict(model=model, steps=steps, epochs=epochs, init=init).items() if v is not None}
     settings = pair_defaults(src) | chosen
     model = settings["model"]
@@ -73,7 +76,8 @@ def adapt(
         src=src, tgt=tgt, data_dir=data_dir, download=download, image_size=image_size, ipc=ipc, **settings,
         population=population, heldout_population=heldout, weights=weights, zoo=zoo, n_models=n_models,
         iterations=iterations, batch_size=batch_size, lr=lr, lr_step_sizes=lr_step_sizes, distill_lr=distill_lr,
-        decay_every=decay_every, mode=mode, keep_graphs=keep_graphs, seed=seed, device=device, eval_models=eval_models,
+        decay_every=decay_every, mode=mode, keep_graphs=keep_graphs, learn_labels=learn_labels, seed=seed, device=device,
+        eval_models=eval_models,
     )
     default = Path("distilled") / f"adapt-{src}-{tgt}-{model}.safetensors"
     output, checkpoint = O.output_paths(out_path, default, resume=resume, force=force)
@@ -87,7 +91,7 @@ def adapt(
                 last[0] = f"  held-out {percent(accuracy)}"
             update(progress.iteration, f"loss {progress.loss:.3f}{last[0]}")
 
-        outcome = run_distill(job, checkpoint_path=checkpoint, resume=resume, eval_every=max(1, iterations // 5),
+        outcome = run_distill(job, checkpoint_path=checkpoint, resume=resume, eval_every=every,
                               on_progress=on_progress, meta=adapt_meta(cfg))
     if outcome is None:  # another rank of a distributed run: rank 0 evaluates and exports
         return

@@ -42,7 +42,7 @@ def distill(
     decay_every: Optional[int] = O.DECAY_EVERY,
     mode: str = O.MODE,
     keep_graphs: bool = O.KEEP_GRAPHS,
-    learn_labels: bool = typer.Option(D.learn_labels, help="Also learn soft labels (exported as [S, N, K] probabilities)."),
+    learn_labels: bool = O.LEARN_LABELS,
     image_init: str = typer.Option(D.image_init, help="Start images from random real ones of each class (real) or noise;"
                                                      " also the image init of dc|dsa|dm (--init is dd's p(θ0))."),
     seed: int = O.SEED,
@@ -51,7 +51,7 @@ def distill(
     resume: bool = O.RESUME,
     force: bool = O.FORCE,
     eval_models: Optional[int] = typer.Option(None, help="Held-out models for the final evaluation (default 20 for dd, 5 for dc|dsa|dm)."),
-    eval_every: Optional[int] = typer.Option(None, help="Quick held-out accuracy every N iterations (default: 5 times a run)."),
+    eval_every: Optional[int] = O.EVAL_EVERY,
     outer_loop: Optional[int] = typer.Option(None, help="dc|dsa: image updates per iteration (default by --ipc: 1 for 1, 10 for 10)."),
     inner_loop: Optional[int] = typer.Option(None, help="dc|dsa: network epochs between image updates (default by --ipc: 1 for 1, 50 for 10)."),
     lr_net: Optional[float] = typer.Option(None, help="dc|dsa: SGD learning rate of the matched network (default 0.01)."),
@@ -101,6 +101,7 @@ def distill(
     relaunch(nproc)
     model = model or D.model
     iterations = D.iterations if iterations is None else iterations
+    every = O.eval_interval(eval_every, iterations)
     cfg = D(
         dataset=dataset, data_dir=data_dir, download=download, model=model, steps=steps, epochs=epochs, ipc=ipc, init=init,
         init_scheme=init_scheme, init_seed=init_seed, weights=weights, population=population,
@@ -113,7 +114,6 @@ def distill(
     output, checkpoint = O.output_paths(out_path, default, resume=resume, force=force)
     with err.status("loading data and building the model…"):
         job = prepare_distill(cfg)
-    every = eval_every if eval_every is not None else max(1, iterations // 5)
     last_acc: list[str] = [""]
 
     with progress_bar("distilling", iterations, quiet=quiet) as update:

@@ -26,6 +26,8 @@ RESUME = typer.Option(False, help="Continue an interrupted run from its checkpoi
 FORCE = typer.Option(False, help="Start over even if an unfinished run's checkpoint exists.")
 JSON = typer.Option(False, "--json", help="Print one JSON object as the last line of stdout.")
 QUIET = typer.Option(False, help="No progress bars.")
+EVAL_EVERY = typer.Option(None, help="Quick held-out accuracy every N iterations (default: 5 times a run; 0: never).")
+LEARN_LABELS = typer.Option(DistillConfig.learn_labels, help="Also learn soft labels (exported as [S, N, K] probabilities).")
 
 
 def checkpoint_for(output: Path) -> Path:
@@ -48,3 +50,12 @@ def output_paths(out_path: Path | None, default: Path, *, resume: bool, force: b
     if force:
         checkpoint.unlink(missing_ok=True)
     return output, checkpoint
+
+
+def eval_interval(eval_every: int | None, iterations: int) -> int:
+    """``--eval-every``, checked, or its default: five quick held-out checks per run (0 turns them off)."""
+    if eval_every is None:
+        return max(1, iterations // 5)
+    if eval_every < 0:
+        raise DDSecError(f"--eval-every must be 0 (never) or positive, got {eval_every}")
+    return eval_every

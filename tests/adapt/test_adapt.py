@@ -85,3 +85,17 @@ def test_adapt_cli_json(usps_zoo, data_root, tmp_path):
     assert load_distilled(out).meta.source == "usps"
     bad = runner.invoke(app, ["adapt", "--src", "usps", "--tgt", "usps", "--quiet"])
     assert bad.exit_code == 1 and "both 'usps'" in bad.output
+
+
+@pytest.mark.realdata
+def test_adapt_learns_labels_and_checks_eval_every(usps_zoo, data_root, tmp_path):
+    out = tmp_path / "soft.safetensors"
+    common = ["adapt", "--src", "usps", "--tgt", "mnist", "--model", "mlp", "--zoo", str(usps_zoo),
+              "--data-dir", str(data_root), "--steps", "1", "--epochs", "1", "--n-models", "2", "--eval-models", "2",
+              "--quiet"]
+    result = runner.invoke(app, [*common, "--iterations", "2", "--eval-every", "1", "--learn-labels", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    dset = load_distilled(out)
+    assert dset.labels.shape == (1, 10, 10) and dset.meta.config["learn_labels"]
+    bad = runner.invoke(app, [*common, "--eval-every", "-1"])
+    assert bad.exit_code == 1 and "--eval-every must be 0 (never) or positive" in bad.output

@@ -77,6 +77,7 @@ def test_fixed_init_runs_and_evaluates_on_its_init(tmp_path):
         (["distill", "--init", "lucky"], "--init must be one of"),
         (["distill", "--init", "pretrained"], "--weights"),
         (["distill", "--device", "tpu"], "--device"),
+        (["distill", "--eval-every", "-5"], "--eval-every must be 0 (never) or positive"),
     ],
 )
 def test_user_errors_are_one_line_exit_1(args, message):
