@@ -35,6 +35,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--inner-loop", type=int, default=None)
     p.add_argument("--eval-models", type=int, default=3)
     p.add_argument("--eval-epochs", type=int, default=None)
+    p.add_argument("--eval-augment", default=None,
+                   help="DSA strategy used when training the evaluation models (default: the method's own)")
     p.add_argument("--test-images", type=int, default=0, help="random test subset (0: the whole test split)")
     p.add_argument("--batch-sampling", default="random", choices=("random", "kmeans"))
     p.add_argument("--clusters", type=int, default=None)
@@ -90,7 +92,7 @@ def main() -> None:
     cache = Path(args.feature_model).with_suffix(".clusters") if kmeans else None
     job = prepare_condense(cfg, cluster_cache=cache)
     prepared = time.perf_counter() - start
-    augmentation = default_augmentation(asdict(cfg))
+    augmentation = args.eval_augment or default_augmentation(asdict(cfg))
     print(f"config: {args.method} ipc {cfg.ipc} on {cfg.dataset}, {cfg.model}, batch_real {cfg.batch_real},"
           f" lr_img {cfg.lr_img}, outer/inner {cfg.outer_loop}/{cfg.inner_loop}, DSA {cfg.dsa_strategy},"
           f" sampling {cfg.batch_sampling}" + (f" (k={cfg.clusters}, {cfg.feature_arch}:{cfg.feature_layer},"

@@ -68,7 +68,7 @@ def evaluate(
     protocol: Optional[str] = typer.Option(None, help="steps: replay the set as distilled; train-epochs: train fresh"
                                                      " models on its images for --epochs epochs (SGD, the DC/DSA/DM"
                                                      " protocol). Default: train-epochs for sets made by dc|dsa|dm."),
-    epochs: Optional[int] = typer.Option(None, help="train-epochs: epochs per model (default the set's own: 300, dm 1000)."),
+    epochs: Optional[int] = typer.Option(None, help="train-epochs: epochs per model (default the set's own: 300 for dc, 1000 for dsa|dm)."),
     augment: Optional[str] = typer.Option(None, help="train-epochs: DSA operations while training (e.g."
                                                    " color_crop_cutout_scale_rotate) or none; default the set's method's."),
     quiet: bool = typer.Option(False, help="No progress bars."),

@@ -2,8 +2,9 @@
 
 Zhao, Mopuri and Bilen (DC, arXiv 2006.05929) and Zhao and Bilen (DSA, arXiv 2102.08259): SGD
 on the images with lr 0.1 and momentum 0.5, network SGD with lr 0.01, 256 real images per
-class, 1000 iterations, loops by images per class, evaluation 300 epochs. Zhao and Bilen (DM,
-arXiv 2110.04181): image lr 1.0, 20000 iterations, DSA on, evaluation 1000 epochs.
+class, 1000 iterations, loops by images per class, evaluation 300 epochs (1000 when the evaluation
+trains with augmentation, as it does for DSA). Zhao and Bilen (DM, arXiv 2110.04181): image lr
+1.0, 20000 iterations, DSA on, evaluation 1000 epochs.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ SAMPLINGS = ("random", "kmeans")
 IMAGE_INITS = ("real", "noise")
 _DEFAULTS = {  # method → (iterations, image lr, evaluation epochs)
     "dc": (1000, 0.1, 300),
-    "dsa": (1000, 0.1, 300),
+    "dsa": (1000, 0.1, 1000),
     "dm": (20000, 1.0, 1000),
 }
 _RESUMABLE = ("data_dir", "download", "device", "iterations", "eval_models", "eval_epochs", "checkpoint_every")

@@ -1,8 +1,8 @@
 """The train-epochs evaluation protocol applied to a distilled set (``ddsec eval --protocol train-epochs``).
 
 DC, DSA and DM (Zhao et al., arXiv 2006.05929, 2102.08259, 2110.04181) judge a synthetic set by
-training fresh networks on all its images for a fixed number of epochs (300 for DC and DSA,
-1000 for DM) and testing them; DSA and DM train them with per-image DSA augmentation. Any
+training fresh networks on all its images for a fixed number of epochs (300 for DC; 1000 for
+DSA and DM, whose evaluation trains with augmentation) and testing them; DSA and DM train them with per-image DSA augmentation. Any
 distilled set can be judged this way: its ``[S, N, …]`` images are pooled into one training set.
 """
 
@@ -41,7 +41,7 @@ def default_augmentation(config: dict) -> str:
 
 
 def default_epochs(config: dict) -> int:
-    """The set's own evaluation epochs (300 for DC/DSA, 1000 for DM), else 300."""
+    """The set's own evaluation epochs (300 for DC, 1000 for DSA/DM), else 300."""
     return int(config.get("eval_epochs") or DEFAULT_EPOCHS)
 
 
