@@ -36,7 +36,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--eval-models", type=int, default=3)
     p.add_argument("--eval-epochs", type=int, default=None)
     p.add_argument("--eval-augment", default=None,
-                   help="DSA strategy used when training the evaluation models (default: the method's own)")
+                   help="DSA strategy the evaluation models train with (default: the method's own for the dataset)")
     p.add_argument("--test-images", type=int, default=0, help="random test subset (0: the whole test split)")
     p.add_argument("--batch-sampling", default="random", choices=("random", "kmeans"))
     p.add_argument("--clusters", type=int, default=None)
@@ -84,7 +84,7 @@ def main() -> None:
     cfg = CondenseConfig(
         method=args.method, dataset=args.dataset, ipc=args.ipc, iterations=max(1, eval_at[-1]), batch_real=args.batch_real,
         outer_loop=args.outer_loop, inner_loop=args.inner_loop, eval_models=args.eval_models,
-        eval_epochs=args.eval_epochs, batch_sampling=args.batch_sampling, clusters=args.clusters,
+        eval_epochs=args.eval_epochs, eval_augment=args.eval_augment, batch_sampling=args.batch_sampling, clusters=args.clusters,
         feature_layer=args.feature_layer, feature_arch=args.feature_arch if kmeans else None,
         feature_model=args.feature_model, mix_after=args.mix_after, seed=args.seed, device=args.device,
     )
@@ -92,7 +92,7 @@ def main() -> None:
     cache = Path(args.feature_model).with_suffix(".clusters") if kmeans else None
     job = prepare_condense(cfg, cluster_cache=cache)
     prepared = time.perf_counter() - start
-    augmentation = args.eval_augment or default_augmentation(asdict(cfg))
+    augmentation = default_augmentation(asdict(cfg))
     print(f"config: {args.method} ipc {cfg.ipc} on {cfg.dataset}, {cfg.model}, batch_real {cfg.batch_real},"
           f" lr_img {cfg.lr_img}, outer/inner {cfg.outer_loop}/{cfg.inner_loop}, DSA {cfg.dsa_strategy},"
           f" sampling {cfg.batch_sampling}" + (f" (k={cfg.clusters}, {cfg.feature_arch}:{cfg.feature_layer},"

@@ -68,7 +68,7 @@ def evaluate(
     protocol: Optional[str] = typer.Option(None, help="steps: replay the set as distilled; train-epochs: train fresh"
                                                      " models on its images for --epochs epochs (SGD, the DC/DSA/DM"
                                                      " protocol). Default: train-epochs for sets made by dc|dsa|dm."),
-    epochs: Optional[int] = typer.Option(None, help="train-epochs: epochs per model (default the set's own: 300 for dc, 1000 for dsa|dm)."),
+    epochs: Optional[int] = typer.Option(None, help="train-epochs: epochs per model (default the set's own: 1000 with augmentation, else 300)."),
     augment: Optional[str] = typer.Option(None, help="train-epochs: DSA operations while training (e.g."
                                                    " color_crop_cutout_scale_rotate) or none; default the set's method's."),
     quiet: bool = typer.Option(False, help="No progress bars."),
@@ -129,10 +129,12 @@ def evaluate(
 def train_epochs(dset: DistilledSet, job: DistillJob, *, models: int, epochs: int | None, augment: str | None,
                  seed: int, quiet: bool, chosen_by: str) -> tuple[EvalResult, list[tuple[str, str]]]:
     """The train-epochs protocol on fresh models, with the set's defaults; the result and its table rows."""
+    from ddsec.condense.augment import parse_strategy
     from ddsec.condense.protocol import default_augmentation, default_epochs, evaluate_set
 
     epochs = default_epochs(dset.meta.config) if epochs is None else epochs
     augmentation = default_augmentation(dset.meta.config) if augment is None else augment
+    parse_strategy(augmentation, "--augment")
     if epochs < 1 or models < 1:
         raise DDSecError(f"--epochs and --models must be at least 1, got {epochs} and {models}")
     bars = StageBars(quiet)

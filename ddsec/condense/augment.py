@@ -44,8 +44,10 @@ Augment = Callable[[Tensor, torch.Generator], Tensor]
 """``augment(images [B, C, H, W], generator) -> images [B, C, H, W]``, random draws from ``generator``."""
 
 
-def parse_strategy(strategy: str) -> tuple[str, ...]:
+def parse_strategy(strategy: str, option: str = "--dsa-strategy") -> tuple[str, ...]:
     """``"color_crop_flip"`` → ``("color", "crop", "flip")``; ``"none"`` → ``()``.
+
+    ``option`` names the setting in the error message.
 
     Raises:
         DDSecError: an unknown operation.
@@ -55,7 +57,7 @@ def parse_strategy(strategy: str) -> tuple[str, ...]:
     ops = tuple(strategy.split("_"))
     unknown = [op for op in ops if op not in OPERATIONS]
     if unknown:
-        raise DDSecError(f"unknown DSA operation {unknown[0]!r} in --dsa-strategy; use names from"
+        raise DDSecError(f"unknown DSA operation {unknown[0]!r} in {option}; use names from"
                          f" {'_'.join(OPERATIONS)} joined by '_', or none")
     return ops
 

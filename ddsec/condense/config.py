@@ -2,9 +2,10 @@
 
 Zhao, Mopuri and Bilen (DC, arXiv 2006.05929) and Zhao and Bilen (DSA, arXiv 2102.08259): SGD
 on the images with lr 0.1 and momentum 0.5, network SGD with lr 0.01, 256 real images per
-class, 1000 iterations, loops by images per class, evaluation 300 epochs (1000 when the evaluation
-trains with augmentation, as it does for DSA). Zhao and Bilen (DM, arXiv 2110.04181): image lr
-1.0, 20000 iterations, DSA on, evaluation 1000 epochs.
+class, 1000 iterations, loops by images per class. Zhao and Bilen (DM, arXiv 2110.04181): image lr
+1.0, 20000 iterations, DSA on. Evaluation as in the reference code: DSA and DM sets train their
+evaluation models with their DSA strategy, DC sets on MNIST with crop, scale and rotate, other DC
+sets without augmentation; 1000 epochs with augmentation, 300 without.
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ from ddsec.errors import DDSecError
 METHODS = ("dc", "dsa", "dm")
 SAMPLINGS = ("random", "kmeans")
 IMAGE_INITS = ("real", "noise")
-_DEFAULTS = {  # method → (iterations, image lr, evaluation epochs)
-    "dc": (1000, 0.1, 300),
-    "dsa": (1000, 0.1, 1000),
-    "dm": (20000, 1.0, 1000),
+_DEFAULTS = {  # method → (iterations, image lr)
+    "dc": (1000, 0.1),
+    "dsa": (1000, 0.1),
+    "dm": (20000, 1.0),
 }
-_RESUMABLE = ("data_dir", "download", "device", "iterations", "eval_models", "eval_epochs", "checkpoint_every")
+DC_EVAL_AUGMENT = {"mnist": "crop_scale_rotate"}  # dataset → the reference's DC evaluation augmentation
+_RESUMABLE = ("data_dir", "download", "device", "iterations", "eval_models", "eval_epochs", "eval_augment",
+              "checkpoint_every")
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,7 @@ class CondenseConfig:
     device: str = "auto"
     eval_models: int = 5
     eval_epochs: int | None = None
+    eval_augment: str | None = None
     checkpoint_every: int = 10
 
     def __post_init__(self) -> None:
@@ -72,15 +76,19 @@ class CondenseConfig:
             raise DDSecError("--outer-loop and --inner-loop apply to --method dc|dsa (DM trains no network)")
         if self.method == "dc" and self.dsa_strategy not in (None, "none"):
             raise DDSecError("--dsa-strategy applies to --method dsa|dm (dc is gradient matching without augmentation)")
-        iterations, lr_img, eval_epochs = _DEFAULTS[self.method]
+        iterations, lr_img = _DEFAULTS[self.method]
         outer, inner = default_loops(max(1, self.ipc))
         strategy = "none" if self.method == "dc" else self.dsa_strategy or default_strategy(self.dataset)
         parse_strategy(strategy)
+        eval_augment = self.eval_augment or (
+            DC_EVAL_AUGMENT.get(self.dataset.lower(), "none") if self.method == "dc" else strategy)
+        parse_strategy(eval_augment, "--eval-augment")
         kmeans = self.batch_sampling == "kmeans"
         resolved = {
             "iterations": iterations if self.iterations is None else self.iterations,
             "lr_img": lr_img if self.lr_img is None else self.lr_img,
-            "eval_epochs": eval_epochs if self.eval_epochs is None else self.eval_epochs,
+            "eval_augment": eval_augment,
+            "eval_epochs": (300 if eval_augment == "none" else 1000) if self.eval_epochs is None else self.eval_epochs,
             "outer_loop": None if self.method == "dm" else outer if self.outer_loop is None else self.outer_loop,
             "inner_loop": None if self.method == "dm" else inner if self.inner_loop is None else self.inner_loop,
             "dsa_strategy": strategy,

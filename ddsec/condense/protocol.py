@@ -1,8 +1,8 @@
 """The train-epochs evaluation protocol applied to a distilled set (``ddsec eval --protocol train-epochs``).
 
 DC, DSA and DM (Zhao et al., arXiv 2006.05929, 2102.08259, 2110.04181) judge a synthetic set by
-training fresh networks on all its images for a fixed number of epochs (300 for DC; 1000 for
-DSA and DM, whose evaluation trains with augmentation) and testing them; DSA and DM train them with per-image DSA augmentation. Any
+training fresh networks on all its images for a fixed number of epochs (1000 when they train with
+augmentation, 300 without) and testing them; DSA and DM train them with per-image DSA augmentation. Any
 distilled set can be judged this way: its ``[S, N, …]`` images are pooled into one training set.
 """
 
@@ -36,12 +36,14 @@ def default_protocol(config: dict) -> str:
 
 
 def default_augmentation(config: dict) -> str:
-    """The evaluation augmentation of the set's method: its DSA strategy for dsa/dm, else ``none``."""
+    """The set's own evaluation augmentation (``eval_augment``), else its DSA strategy for dsa/dm, else ``none``."""
+    if config.get("eval_augment"):
+        return config["eval_augment"]
     return (config.get("dsa_strategy") or "none") if file_method(config) in ("dsa", "dm") else "none"
 
 
 def default_epochs(config: dict) -> int:
-    """The set's own evaluation epochs (300 for DC, 1000 for DSA/DM), else 300."""
+    """The set's own evaluation epochs (1000 with augmentation, 300 without), else 300."""
     return int(config.get("eval_epochs") or DEFAULT_EPOCHS)
 
 

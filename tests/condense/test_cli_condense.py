@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import pytest
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from ddsec.cli import app
+from ddsec.condense import CondenseConfig
+from ddsec.condense.protocol import default_augmentation
+from ddsec.errors import DDSecError
 from ddsec.export import load_distilled
 from ddsec.models_zoo import create_model
 
@@ -115,6 +119,31 @@ def test_eval_option_errors(dm_set):
     assert wrong.exit_code == 1 and "--protocol must be one of steps, train-epochs" in wrong.output
     mixed = runner.invoke(app, ["eval", str(out), "--protocol", "steps", "--epochs", "3"])
     assert mixed.exit_code == 1 and "--epochs and --augment go with --protocol train-epochs" in mixed.output
+    blur = runner.invoke(app, ["eval", str(out), "--augment", "crop_blur"])
+    assert blur.exit_code == 1 and "unknown DSA operation 'blur' in --augment" in blur.output
+
+
+@pytest.mark.parametrize(
+    ("method", "dataset", "augment", "epochs"),
+    [
+        ("dc", "mnist", "crop_scale_rotate", 1000),  # the reference evaluates MNIST DC sets with augmentation
+        ("dc", "digits", "none", 300),
+        ("dsa", "mnist", "color_crop_cutout_scale_rotate", 1000),
+        ("dm", "usps", "color_crop_cutout_scale_rotate", 1000),
+    ],
+)
+def test_evaluation_defaults_follow_the_reference(method, dataset, augment, epochs):
+    cfg = CondenseConfig(method=method, dataset=dataset)
+    assert (cfg.eval_augment, cfg.eval_epochs) == (augment, epochs)
+    assert default_augmentation(asdict(cfg)) == augment
+    assert CondenseConfig(method=method, dataset=dataset, eval_augment="none").eval_epochs == 300
+    with pytest.raises(DDSecError, match="in --eval-augment"):
+        CondenseConfig(method=method, dataset=dataset, eval_augment="crop_blur")
+
+
+def test_files_without_eval_augment_keep_their_method_default():
+    assert default_augmentation({"method": "dsa", "dsa_strategy": "crop"}) == "crop"
+    assert default_augmentation({"method": "dc"}) == "none"
 
 
 def test_condensation_refuses_a_torchrun_launch(monkeypatch, tmp_path):
