@@ -84,7 +84,8 @@ def main() -> None:
     cfg = CondenseConfig(
         method=args.method, dataset=args.dataset, ipc=args.ipc, iterations=max(1, eval_at[-1]), batch_real=args.batch_real,
         outer_loop=args.outer_loop, inner_loop=args.inner_loop, eval_models=args.eval_models,
-        eval_epochs=args.eval_epochs, eval_augment=args.eval_augment, batch_sampling=args.batch_sampling, clusters=args.clusters,
+        eval_epochs=args.eval_epochs, eval_augment=args.eval_augment, batch_sampling=args.batch_sampling,
+        clusters=args.clusters,
         feature_layer=args.feature_layer, feature_arch=args.feature_arch if kmeans else None,
         feature_model=args.feature_model, mix_after=args.mix_after, seed=args.seed, device=args.device,
     )

@@ -1,9 +1,10 @@
 """The train-epochs evaluation protocol applied to a distilled set (``ddsec eval --protocol train-epochs``).
 
 DC, DSA and DM (Zhao et al., arXiv 2006.05929, 2102.08259, 2110.04181) judge a synthetic set by
-training fresh networks on all its images for a fixed number of epochs (1000 when they train with
-augmentation, 300 without) and testing them; DSA and DM train them with per-image DSA augmentation. Any
-distilled set can be judged this way: its ``[S, N, …]`` images are pooled into one training set.
+training fresh networks on all its images for a fixed number of epochs and testing them: DSA and
+DM train them with per-image DSA augmentation, DC on MNIST with crop, scale and rotate; 1000 epochs
+with augmentation, 300 without. Any distilled set can be judged this way: its ``[S, N, …]`` images
+are pooled into one training set.
 """
 
 from __future__ import annotations
