@@ -3,8 +3,8 @@
 Runs one ``ddsec.condense`` configuration (the same code as ``ddsec distill --method …``),
 keeps the synthetic images at each iteration of ``--eval-at``, then evaluates every snapshot with
 the train-epochs protocol (fresh ConvNets, SGD momentum 0.9, weight decay 5e-4, lr 0.01 ÷ 10 at
-half the epochs, the method's DSA augmentation for dsa/dm) on a fixed random subset of the test
-split. Prints one line per snapshot and the wall-clock of condensation and evaluation.
+half the epochs, the config's evaluation augmentation: the DSA strategy for dsa/dm,
+crop/scale/rotate for DC on MNIST) on a fixed random subset of the test split. Prints one line per snapshot and the wall-clock of condensation and evaluation.
 
     DDSEC_DATA=../shared/data python benchmarks/condense.py --method dc --ipc 1 --eval-at 0,10,20
     python benchmarks/condense.py --method dc --ipc 10 --batch-sampling kmeans --clusters 10 \\
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -73,7 +73,7 @@ def main() -> None:
     args = parse()
     torch.set_num_threads(args.threads)
     from ddsec.condense import CondenseConfig, condense, prepare_condense
-    from ddsec.condense.protocol import default_augmentation, evaluate_set
+    from ddsec.condense.protocol import evaluate_set
     from ddsec.condense.run import build_step, initial_images
     from ddsec.engine import class_major_labels
 
@@ -93,7 +93,7 @@ def main() -> None:
     cache = Path(args.feature_model).with_suffix(".clusters") if kmeans else None
     job = prepare_condense(cfg, cluster_cache=cache)
     prepared = time.perf_counter() - start
-    augmentation = default_augmentation(asdict(cfg))
+    augmentation = cfg.eval_augment
     print(f"config: {args.method} ipc {cfg.ipc} on {cfg.dataset}, {cfg.model}, batch_real {cfg.batch_real},"
           f" lr_img {cfg.lr_img}, outer/inner {cfg.outer_loop}/{cfg.inner_loop}, DSA {cfg.dsa_strategy},"
           f" sampling {cfg.batch_sampling}" + (f" (k={cfg.clusters}, {cfg.feature_arch}:{cfg.feature_layer},"

@@ -25,7 +25,7 @@ from ddsec.condense.features import check_layer, features
 from ddsec.condense.gradient_matching import gradient_matching_step
 from ddsec.condense.loop import CondenseProgress, ImageSGD, Step, condense
 from ddsec.condense.problem import Matching
-from ddsec.condense.protocol import default_augmentation, evaluate_set
+from ddsec.condense.protocol import evaluate_set
 from ddsec.condense.sampling import BatchSampler, ClusterBatches, RandomBatches, cached_clusters, kmeans_clusters
 from ddsec.data import ImageDataset, load_dataset
 from ddsec.distill import build_model, resolve_device
@@ -145,11 +145,11 @@ def initial_images(job: CondenseJob) -> Tensor:
 
 def evaluate_images(job: CondenseJob, images: Tensor, *, n_models: int, epochs: int, seed: int,
                     on_model: Callable[[int, int], None] | None = None) -> EvalResult:
-    """Train-epochs evaluation of images ``[K·ipc, C, H, W]`` on fresh inits, with the method's augmentation."""
+    """Train-epochs evaluation of images ``[K·ipc, C, H, W]`` on fresh inits, with ``cfg.eval_augment``."""
     cfg, train, test = job.cfg, job.train, job.test
     labels = class_major_labels(train.num_classes, cfg.ipc, 1).to(job.device)
     return evaluate_set(job.model, job.init, images.unsqueeze(0), labels, test, n_models=n_models, epochs=epochs,
-                        augmentation=default_augmentation(asdict(cfg)), seed=seed, on_model=on_model)
+                        augmentation=cfg.eval_augment, seed=seed, on_model=on_model)
 
 
 def run_condense(
