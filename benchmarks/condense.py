@@ -4,7 +4,11 @@ Runs one ``ddsec.condense`` configuration (the same code as ``ddsec distill --me
 keeps the synthetic images at each iteration of ``--eval-at``, then evaluates every snapshot with
 the train-epochs protocol (fresh ConvNets, SGD momentum 0.9, weight decay 5e-4, lr 0.01 ÷ 10 at
 half the epochs, the config's evaluation augmentation: the DSA strategy for dsa/dm,
-crop/scale/rotate for DC on MNIST) on a fixed random subset of the test split. Prints one line per snapshot and the wall-clock of condensation and evaluation.
+DC's own crop/scale/rotate, ``dc``, for DC on MNIST) on a fixed random subset of the test split, as soon as the run reaches it. Prints one line per
+snapshot with the wall-clock of condensation (evaluation time excluded; after ``--resume``, this
+process's time only) and of evaluation, so a run stopped early still reports every snapshot it
+passed. ``--checkpoint`` / ``--resume`` continue a run in another process (e.g. a later GPU lease);
+``--evaluate-checkpoint`` evaluates a checkpoint's images (e.g. under another ``--eval-augment``).
 
     DDSEC_DATA=../shared/data python benchmarks/condense.py --method dc --ipc 1 --eval-at 0,10,20
     python benchmarks/condense.py --method dc --ipc 10 --batch-sampling kmeans --clusters 10 \\
@@ -48,6 +52,11 @@ def parse() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="checkpoint the run here every 10 iterations and on Ctrl-C / SIGINT")
+    p.add_argument("--resume", action="store_true", help="continue the run checkpointed at --checkpoint")
+    p.add_argument("--evaluate-checkpoint", action="store_true",
+                   help="only evaluate the images checkpointed at --checkpoint (same settings as the run)")
     return p.parse_args()
 
 
@@ -73,6 +82,7 @@ def main() -> None:
     args = parse()
     torch.set_num_threads(args.threads)
     from ddsec.condense import CondenseConfig, condense, prepare_condense
+    from ddsec.condense.checkpoint import load_state
     from ddsec.condense.protocol import evaluate_set
     from ddsec.condense.run import build_step, initial_images
     from ddsec.engine import class_major_labels
@@ -100,38 +110,48 @@ def main() -> None:
                                                f" mix_after {cfg.mix_after}, cached {job.clusters_cached})" if kmeans else "")
           + f"; {args.threads} thread(s); data/model/clusters ready in {prepared:.1f} s", flush=True)
 
-    snapshots: dict[int, torch.Tensor] = {}
-    elapsed: dict[int, float] = {}
-    initial = initial_images(job)
-    if 0 in eval_at:
-        snapshots[0], elapsed[0] = initial.clone(), 0.0
-    start = time.perf_counter()
-
-    def keep(progress) -> None:
-        if progress.iteration in eval_at:
-            snapshots[progress.iteration] = progress.images.clone()
-            elapsed[progress.iteration] = time.perf_counter() - start
-            print(f"  iteration {progress.iteration}: loss {progress.loss:.4f}, {elapsed[progress.iteration]:.1f} s", flush=True)
-
-    if eval_at[-1] > 0:
-        condense(build_step(job), initial, iterations=eval_at[-1], seed=cfg.seed, fingerprint=cfg.fingerprint(),
-                 on_progress=keep)
     test = job.test
     subset = (torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[: args.test_images]
               if args.test_images else torch.arange(len(test)))
     test_subset = replace(test, images=test.images[subset], labels=test.labels[subset])
     labels = class_major_labels(test.num_classes, cfg.ipc, 1)
-    for iteration in eval_at:
+    evaluating = 0.0
+
+    def report(iteration: int, images: torch.Tensor, condensation: float | None) -> None:
+        nonlocal evaluating
         t0 = time.perf_counter()
-        result = evaluate_set(job.model, job.init, snapshots[iteration].unsqueeze(0), labels, test_subset,
+        result = evaluate_set(job.model, job.init, images.unsqueeze(0), labels, test_subset,
                               n_models=cfg.eval_models, epochs=cfg.eval_epochs, augmentation=augmentation,
                               seed=cfg.seed + 1_000_003)
         s = result.summary()
+        evaluating += time.perf_counter() - t0
         print(f"RESULT {args.method} ipc {cfg.ipc} sampling {cfg.batch_sampling} iteration {iteration}:"
               f" {100 * s['acc_mean']:.2f} ± {100 * s['acc_std']:.2f} % ({s['models']} models × {cfg.eval_epochs} epochs,"
               f" augmentation {augmentation}, {len(subset)} test images; before training {100 * s['acc_before_mean']:.1f} %)"
-              f" | condensation {elapsed[iteration]:.1f} s | evaluation {time.perf_counter() - t0:.1f} s", flush=True)
+              f" | condensation {'(checkpoint)' if condensation is None else f'{condensation:.1f} s'}"
+              f" | evaluation {time.perf_counter() - t0:.1f} s", flush=True)
 
+    if args.evaluate_checkpoint:
+        state, _, losses, stored = load_state(args.checkpoint, test.images.device)
+        if stored != cfg.fingerprint():
+            raise SystemExit(f"{args.checkpoint} was written with other settings; pass the run's own ARGS")
+        report(len(losses), state.images, None)
+        return
+
+    initial = initial_images(job)
+    if 0 in eval_at and not args.resume:
+        report(0, initial, 0.0)
+    start, evaluating = time.perf_counter(), 0.0
+
+    def keep(progress) -> None:
+        if progress.iteration in eval_at:
+            condensation = time.perf_counter() - start - evaluating
+            print(f"  iteration {progress.iteration}: loss {progress.loss:.4f}, {condensation:.1f} s", flush=True)
+            report(progress.iteration, progress.images, condensation)
+
+    if eval_at[-1] > 0:
+        condense(build_step(job), initial, iterations=eval_at[-1], seed=cfg.seed, fingerprint=cfg.fingerprint(),
+                 checkpoint_path=args.checkpoint, resume=args.resume, on_progress=keep)
 
 if __name__ == "__main__":
     main()

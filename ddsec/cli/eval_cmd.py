@@ -70,7 +70,8 @@ def evaluate(
                                                      " protocol). Default: train-epochs for sets made by dc|dsa|dm."),
     epochs: Optional[int] = typer.Option(None, help="train-epochs: epochs per model (default the set's own: 1000 with augmentation, else 300)."),
     augment: Optional[str] = typer.Option(None, help="train-epochs: DSA operations while training (e.g."
-                                                   " color_crop_cutout_scale_rotate) or none; default the set's method's."),
+                                                   " color_crop_cutout_scale_rotate), dc (DC's MNIST crop/scale/rotate)"
+                                                   " or none; default the set's own."),
     quiet: bool = typer.Option(False, help="No progress bars."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object as the last line of stdout."),
 ) -> None:
@@ -129,12 +130,12 @@ def evaluate(
 def train_epochs(dset: DistilledSet, job: DistillJob, *, models: int, epochs: int | None, augment: str | None,
                  seed: int, quiet: bool, chosen_by: str) -> tuple[EvalResult, list[tuple[str, str]]]:
     """The train-epochs protocol on fresh models, with the set's defaults; the result and its table rows."""
-    from ddsec.condense.augment import parse_strategy
+    from ddsec.condense.augment import evaluation_augment
     from ddsec.condense.protocol import default_augmentation, default_epochs, evaluate_set
 
     epochs = default_epochs(dset.meta.config) if epochs is None else epochs
     augmentation = default_augmentation(dset.meta.config) if augment is None else augment
-    parse_strategy(augmentation, "--augment")
+    evaluation_augment(augmentation, "--augment")
     if epochs < 1 or models < 1:
         raise DDSecError(f"--epochs and --models must be at least 1, got {epochs} and {models}")
     bars = StageBars(quiet)

@@ -19,6 +19,9 @@ Geometric operations are one vectorised ``affine_grid``/``grid_sample`` over the
 augmented under the same seed get identical transformations whatever their sizes; with
 ``siamese=False`` every image gets its own draw (used when training evaluation models).
 Digit datasets leave out ``flip`` (a mirrored digit is another shape).
+
+Evaluation models may instead train with DC's own MNIST augmentation (:func:`dc_augment`, named
+``dc``): the same three geometric operations at DC's larger magnitudes, one chosen per image.
 """
 
 from __future__ import annotations
@@ -40,14 +43,18 @@ DIGIT_DATASETS = ("digits", "mnist", "usps", "svhn")
 BRIGHTNESS, SATURATION, CONTRAST = 1.0, 2.0, 0.5
 CROP_RATIO, CUTOUT_RATIO, SCALE_RATIO, ROTATE_DEGREES, FLIP_PROBABILITY = 0.125, 0.5, 1.2, 15.0, 0.5
 
+DC_AUGMENTATION = "dc"
+"""Evaluation-augmentation name of :func:`dc_augment`."""
+DC_CROP_PIXELS, DC_SCALE, DC_ROTATE_DEGREES = 4, 0.2, 45.0
+
 Augment = Callable[[Tensor, torch.Generator], Tensor]
 """``augment(images [B, C, H, W], generator) -> images [B, C, H, W]``, random draws from ``generator``."""
 
 
-def parse_strategy(strategy: str, option: str = "--dsa-strategy") -> tuple[str, ...]:
+def parse_strategy(strategy: str, option: str = "--dsa-strategy", alternatives: str = "or none") -> tuple[str, ...]:
     """``"color_crop_flip"`` → ``("color", "crop", "flip")``; ``"none"`` → ``()``.
 
-    ``option`` names the setting in the error message.
+    ``option`` names the setting in the error message, ``alternatives`` the other values it takes.
 
     Raises:
         DDSecError: an unknown operation.
@@ -58,7 +65,7 @@ def parse_strategy(strategy: str, option: str = "--dsa-strategy") -> tuple[str, 
     unknown = [op for op in ops if op not in OPERATIONS]
     if unknown:
         raise DDSecError(f"unknown DSA operation {unknown[0]!r} in {option}; use names from"
-                         f" {'_'.join(OPERATIONS)} joined by '_', or none")
+                         f" {'_'.join(OPERATIONS)} joined by '_', {alternatives}")
     return ops
 
 
@@ -79,10 +86,14 @@ def _warp(images: Tensor, theta: Tensor) -> Tensor:
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
+def _theta(a: Tensor, b: Tensor, c: Tensor, d: Tensor, tx: Tensor, ty: Tensor) -> Tensor:
+    """Affine maps ``[B, 2, 3]``, ``[[a, b, tx], [c, d, ty]]``, from ``[B]`` tensors."""
+    return torch.stack([torch.stack([a, b, tx], -1), torch.stack([c, d, ty], -1)], -2)
+
+
 def _affine(images: Tensor, a: Tensor, b: Tensor, c: Tensor, d: Tensor, tx: Tensor, ty: Tensor) -> Tensor:
     """``_warp`` with ``theta = [[a, b, tx], [c, d, ty]]`` built from ``[B]`` tensors."""
-    theta = torch.stack([torch.stack([a, b, tx], -1), torch.stack([c, d, ty], -1)], -2)
-    return _warp(images, theta)
+    return _warp(images, _theta(a, b, c, d, tx, ty))
 
 
 def _color(x: Tensor, u: Callable[[], Tensor]) -> Tensor:
@@ -176,3 +187,48 @@ def dsa_augment(strategy: tuple[str, ...]) -> Augment | None:
     if not strategy:
         return None
     return lambda images, generator: dsa(images, strategy, random_seed(generator), siamese=False)
+
+
+def dc_augment(images: Tensor, generator: torch.Generator) -> Tensor:
+    """DC's evaluation augmentation on MNIST (Zhao et al., arXiv 2006.05929; ``crop_scale_rotate``).
+
+    Each image gets one operation chosen for it: a shift by whole pixels, up to
+    :data:`DC_CROP_PIXELS` in x and in y; a magnification of width and height by independent
+    factors in ``[1 − DC_SCALE, 1 + DC_SCALE]``; or a rotation by up to ±:data:`DC_ROTATE_DEGREES`.
+    Zero padding (the normalised mean). DC's published MNIST figures were measured with these
+    magnitudes; DSA's ``crop_scale_rotate`` is milder (±15°).
+
+    Args:
+        images: float ``[B, C, H, W]``, any device.
+        generator: CPU generator behind every draw.
+
+    Returns:
+        float ``[B, C, H, W]``.
+    """
+    batch, (height, width) = images.shape[0], images.shape[-2:]
+
+    def u() -> Tensor:
+        return _uniform(generator, batch, images)
+
+    one, zero = torch.ones_like(u()), torch.zeros_like(u())
+    shift_x, shift_y = (torch.floor(u() * (2 * DC_CROP_PIXELS + 1)) - DC_CROP_PIXELS for _ in range(2))
+    crop = _theta(one, zero, zero, one, 2 * shift_x / width, 2 * shift_y / height)
+    zoom_x, zoom_y = (1 + (2 * u() - 1) * DC_SCALE for _ in range(2))
+    scale = _theta(1 / zoom_x, zero, zero, 1 / zoom_y, zero, zero)
+    angle = (u() - 0.5) * 2 * math.radians(DC_ROTATE_DEGREES)
+    rotate = _theta(torch.cos(angle), torch.sin(angle), -torch.sin(angle), torch.cos(angle), zero, zero)
+    choice = torch.randint(3, (batch,), generator=generator).to(images.device)
+    theta = torch.stack([crop, scale, rotate])[choice, torch.arange(batch, device=images.device)]
+    return _warp(images, theta)
+
+
+def evaluation_augment(name: str, option: str = "--eval-augment") -> Augment | None:
+    """The augmentation evaluation models train with: ``dc`` (:func:`dc_augment`), or a DSA strategy
+    with per-image draws (:func:`dsa_augment`); ``None`` for ``none``.
+
+    Raises:
+        DDSecError: neither (the message names ``option``).
+    """
+    if name == DC_AUGMENTATION:
+        return dc_augment
+    return dsa_augment(parse_strategy(name, option, f"none, or {DC_AUGMENTATION} (DC's MNIST crop/scale/rotate)"))

@@ -4,7 +4,7 @@ Zhao, Mopuri and Bilen (DC, arXiv 2006.05929) and Zhao and Bilen (DSA, arXiv 210
 on the images with lr 0.1 and momentum 0.5, network SGD with lr 0.01, 256 real images per
 class, 1000 iterations, loops by images per class. Zhao and Bilen (DM, arXiv 2110.04181): image lr
 1.0, 20000 iterations, DSA on. Evaluation as in the reference code: DSA and DM sets train their
-evaluation models with their DSA strategy, DC sets on MNIST with crop, scale and rotate, other DC
+evaluation models with their DSA strategy, DC sets on MNIST with DC's own crop/scale/rotate (``dc``), other DC
 sets without augmentation; 1000 epochs with augmentation, 300 without.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from ddsec.condense.augment import default_strategy, parse_strategy
+from ddsec.condense.augment import DC_AUGMENTATION, default_strategy, evaluation_augment, parse_strategy
 from ddsec.condense.features import PENULTIMATE
 from ddsec.condense.gradient_matching import default_loops
 from ddsec.errors import DDSecError
@@ -25,7 +25,7 @@ _DEFAULTS = {  # method → (iterations, image lr)
     "dsa": (1000, 0.1),
     "dm": (20000, 1.0),
 }
-DC_EVAL_AUGMENT = {"mnist": "crop_scale_rotate"}  # dataset → the reference's DC evaluation augmentation
+DC_EVAL_AUGMENT = {"mnist": DC_AUGMENTATION}  # dataset → the reference's DC evaluation augmentation
 _RESUMABLE = ("data_dir", "download", "device", "iterations", "eval_models", "eval_epochs", "eval_augment",
               "checkpoint_every")
 
@@ -82,7 +82,7 @@ class CondenseConfig:
         parse_strategy(strategy)
         eval_augment = self.eval_augment or (
             DC_EVAL_AUGMENT.get(self.dataset.lower(), "none") if self.method == "dc" else strategy)
-        parse_strategy(eval_augment, "--eval-augment")
+        evaluation_augment(eval_augment, "--eval-augment")
         kmeans = self.batch_sampling == "kmeans"
         resolved = {
             "iterations": iterations if self.iterations is None else self.iterations,

@@ -2,7 +2,7 @@
 
 DC, DSA and DM (Zhao et al., arXiv 2006.05929, 2102.08259, 2110.04181) judge a synthetic set by
 training fresh networks on all its images for a fixed number of epochs and testing them: DSA and
-DM train them with per-image DSA augmentation, DC on MNIST with crop, scale and rotate; 1000 epochs
+DM train them with per-image DSA augmentation, DC on MNIST with DC's own crop/scale/rotate (``dc``); 1000 epochs
 with augmentation, 300 without. Any distilled set can be judged this way: its ``[S, N, …]`` images
 are pooled into one training set.
 """
@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from ddsec.condense.augment import dsa_augment, parse_strategy
+from ddsec.condense.augment import evaluation_augment
 from ddsec.condense.config import METHODS
 from ddsec.data import ImageDataset
 from ddsec.engine import InitDistribution
@@ -66,12 +66,12 @@ def evaluate_set(
     Args:
         images: float ``[S, N, C, H, W]``; labels: int64 ``[S, N]`` or float ``[S, N, K]``.
         epochs: training epochs (SGD momentum 0.9, weight decay 5e-4, lr 0.01 ÷ 10 at half).
-        augmentation: DSA strategy string (``none``: no augmentation).
+        augmentation: DSA strategy string, ``dc`` (DC's MNIST augmentation) or ``none``.
         seed: seeds the inits, batch orders and augmentation.
         on_model: called as ``on_model(done, n_models)`` after each model.
     """
     return evaluate_train_epochs(
         model, init, images.flatten(0, 1), labels.flatten(0, 1), test.images, test.labels, n_models=n_models,
         recipe=EpochRecipe(epochs=epochs), generator=torch.Generator().manual_seed(seed),
-        augment=dsa_augment(parse_strategy(augmentation)), on_model=on_model,
+        augment=evaluation_augment(augmentation), on_model=on_model,
     )

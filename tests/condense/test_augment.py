@@ -5,7 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ddsec.condense.augment import OPERATIONS, default_strategy, dsa, dsa_augment, parse_strategy
+from ddsec.condense.augment import (
+    DC_AUGMENTATION,
+    OPERATIONS,
+    dc_augment,
+    default_strategy,
+    dsa,
+    dsa_augment,
+    evaluation_augment,
+    parse_strategy,
+)
 from ddsec.errors import DDSecError
 
 
@@ -72,3 +81,32 @@ def test_strategies_and_the_digit_default():
     assert dsa_augment(()) is None
     with pytest.raises(DDSecError, match="unknown DSA operation 'blur'"):
         parse_strategy("crop_blur")
+
+
+def test_dc_augment_draws_per_image_from_its_generator():
+    copies = batch(1, 8).expand(64, -1, -1, -1).clone()
+    out = dc_augment(copies, torch.Generator().manual_seed(0))
+    assert out.shape == copies.shape and torch.isfinite(out).all()
+    assert torch.equal(out, dc_augment(copies, torch.Generator().manual_seed(0)))
+    assert not torch.equal(out, dc_augment(copies, torch.Generator().manual_seed(1)))
+    assert len({tuple(o.flatten().tolist()) for o in out}) > 32  # each image its own operation and draw
+
+
+def test_dc_augment_rotates_further_than_dsa():
+    line = torch.zeros(1, 1, 29, 29, dtype=torch.float64)
+    line[..., 14, :] = 1.0  # a horizontal line through the centre
+    lines = line.expand(300, -1, -1, -1).clone()
+
+    def ink_ten_rows_off(images: torch.Tensor) -> float:  # needs a tilt above 35°: 10 rows over 14 columns
+        return float((images[..., 4, :].abs() + images[..., 24, :].abs()).sum())
+
+    assert ink_ten_rows_off(dc_augment(lines, torch.Generator().manual_seed(3))) > 0  # DC: up to ±45°
+    assert ink_ten_rows_off(dsa(lines, ("rotate",), 3, siamese=False)) == 0  # DSA: up to ±15°
+
+
+def test_evaluation_augment_names():
+    assert evaluation_augment(DC_AUGMENTATION) is dc_augment
+    assert evaluation_augment("none") is None
+    assert evaluation_augment("crop") is not None
+    with pytest.raises(DDSecError, match="in --augment; .* or dc"):
+        evaluation_augment("crop_blur", "--augment")

@@ -126,7 +126,7 @@ def test_eval_option_errors(dm_set):
 @pytest.mark.parametrize(
     ("method", "dataset", "augment", "epochs"),
     [
-        ("dc", "mnist", "crop_scale_rotate", 1000),  # the reference evaluates MNIST DC sets with augmentation
+        ("dc", "mnist", "dc", 1000),  # the reference evaluates MNIST DC sets with augmentation
         ("dc", "digits", "none", 300),
         ("dsa", "mnist", "color_crop_cutout_scale_rotate", 1000),
         ("dm", "usps", "color_crop_cutout_scale_rotate", 1000),
