@@ -1,14 +1,15 @@
 """Condensation benchmark: accuracy of DC / DSA / DM sets against outer iterations, and time taken.
 
-Runs one ``ddsec.condense`` configuration (the same code as ``ddsec distill --method …``),
-keeps the synthetic images at each iteration of ``--eval-at``, then evaluates every snapshot with
+Runs one ``ddsec.condense`` configuration (the same code as ``ddsec distill --method …``) and,
+as soon as the run reaches each iteration of ``--eval-at``, evaluates its synthetic images with
 the train-epochs protocol (fresh ConvNets, SGD momentum 0.9, weight decay 5e-4, lr 0.01 ÷ 10 at
-half the epochs, the config's evaluation augmentation: the DSA strategy for dsa/dm,
-DC's own crop/scale/rotate, ``dc``, for DC on MNIST) on a fixed random subset of the test split, as soon as the run reaches it. Prints one line per
-snapshot with the wall-clock of condensation (evaluation time excluded; after ``--resume``, this
-process's time only) and of evaluation, so a run stopped early still reports every snapshot it
-passed. ``--checkpoint`` / ``--resume`` continue a run in another process (e.g. a later GPU lease);
-``--evaluate-checkpoint`` evaluates a checkpoint's images (e.g. under another ``--eval-augment``).
+half the epochs, the config's evaluation augmentation: the DSA strategy for dsa/dm, DC's own
+crop/scale/rotate ``dc`` for DC on MNIST) on a fixed random subset of the test split. Prints one
+line per snapshot with the wall-clock of condensation (evaluation excluded; after ``--resume``,
+this process's only) and of evaluation, so a run stopped early still reports every snapshot it
+passed. ``--checkpoint`` / ``--resume`` continue a run in another process (e.g. a later GPU
+lease); ``--evaluate-checkpoint`` evaluates a checkpoint's images (e.g. under another
+``--eval-augment``).
 
     DDSEC_DATA=../shared/data python benchmarks/condense.py --method dc --ipc 1 --eval-at 0,10,20
     python benchmarks/condense.py --method dc --ipc 10 --batch-sampling kmeans --clusters 10 \\

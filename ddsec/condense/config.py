@@ -4,8 +4,8 @@ Zhao, Mopuri and Bilen (DC, arXiv 2006.05929) and Zhao and Bilen (DSA, arXiv 210
 on the images with lr 0.1 and momentum 0.5, network SGD with lr 0.01, 256 real images per
 class, 1000 iterations, loops by images per class. Zhao and Bilen (DM, arXiv 2110.04181): image lr
 1.0, 20000 iterations, DSA on. Evaluation as in the reference code: DSA and DM sets train their
-evaluation models with their DSA strategy, DC sets on MNIST with DC's own crop/scale/rotate (``dc``), other DC
-sets without augmentation; 1000 epochs with augmentation, 300 without.
+evaluation models with their DSA strategy, DC sets on MNIST with DC's own crop/scale/rotate
+(``dc``), other DC sets without augmentation; 1000 epochs with augmentation, 300 without.
 """
 
 from __future__ import annotations

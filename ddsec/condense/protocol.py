@@ -2,9 +2,9 @@
 
 DC, DSA and DM (Zhao et al., arXiv 2006.05929, 2102.08259, 2110.04181) judge a synthetic set by
 training fresh networks on all its images for a fixed number of epochs and testing them: DSA and
-DM train them with per-image DSA augmentation, DC on MNIST with DC's own crop/scale/rotate (``dc``); 1000 epochs
-with augmentation, 300 without. Any distilled set can be judged this way: its ``[S, N, …]`` images
-are pooled into one training set.
+DM train them with per-image DSA augmentation, DC on MNIST with DC's own crop/scale/rotate
+(``dc``); 1000 epochs with augmentation, 300 without. Any distilled set can be judged this way:
+its ``[S, N, …]`` images are pooled into one training set.
 """
 
 from __future__ import annotations
