@@ -10,7 +10,9 @@ seen while distilling). Each domain keeps its own normalisation statistics, as a
 pipeline would.
 
 Digit pairs share one input shape: 28 px grey for MNIST ↔ USPS, 32 px RGB whenever SVHN is
-involved (MNIST and USPS then repeated to 3 channels, as the reference did). The ImageNet source
+involved (MNIST and USPS then repeated to 3 channels, as the reference did). Upsampled USPS
+digits are framed like MNIST's (a 20/28 box centred on background), so both domains show digits
+of one size. The ImageNet source
 (``--src imagenet --tgt voc|cub``) is one fixed AlexNet read from ``--weights``
 (:mod:`ddsec.adapt.imagenet`), at 224 px by default.
 """
@@ -52,11 +54,13 @@ def pair_defaults(source: str) -> dict:
 
 
 def source_entry(source: str, model: str, image_size: int, channels: int) -> str:
-    """The zoo name of the source population, e.g. ``mnist-lenet`` or ``mnist-lenet-32px3c``."""
+    """The zoo name of the source population, e.g. ``mnist-lenet``, ``mnist-lenet-32px3c`` or
+    ``usps-lenet-28px1c-framed`` (USPS larger than 16 px is framed like MNIST)."""
     info = dataset_info(source)
     if (image_size, channels) == (info.image_size, info.channels):
         return entry_name(source, model)
-    return f"{entry_name(source, model)}-{image_size}px{channels}c"
+    framed = "-framed" if source == "usps" and image_size > info.image_size else ""
+    return f"{entry_name(source, model)}-{image_size}px{channels}c{framed}"
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,10 @@ Nothing is fetched unless ``download=True``, which uses torchvision's own URLs a
 through the torchvision dataset's whole-array attributes (``.data``, ``.targets``), never item
 by item; USPS and SVHN files are parsed here (see below).
 
+USPS digits fill their 16-px frame, while MNIST's fill a 20-px box centred in 28 px. Loaded
+larger than 16 px, USPS is therefore framed like MNIST (:data:`USPS_BOX`): resized to 20/28 of
+the side and centred on background, so a model sees digits of the same size in both domains.
+
 Integrity checks, as torchvision does them with ``download=False``:
 
 * MNIST checks only that the four uncompressed files exist.
@@ -46,7 +50,7 @@ import torch
 
 from ddsec.data.dataset import DatasetInfo, ImageDataset
 from ddsec.data.root import data_root
-from ddsec.data.transforms import build_dataset, check_size_and_channels
+from ddsec.data.transforms import build_dataset, check_size_and_channels, frame
 from ddsec.errors import DataNotFoundError, DDSecError, FormatError
 
 __all__ = [
@@ -70,6 +74,9 @@ CIFAR10_INFO = DatasetInfo(channels=3, image_size=32, num_classes=10)
 # Per-channel pixel statistics of each training split at native size, in [0, 1] units.
 MNIST_STATS = ((0.1307,), (0.3081,))
 USPS_STATS = ((0.2545,), (0.3846,))  # computed on the 7,291 training images
+USPS_FRAMED_STATS = ((0.1297,), (0.2811,))  # the same images framed like MNIST at 28 px (32 px: 0.1314 / 0.2831)
+USPS_BOX = 20 / 28
+"""Side of the box a USPS digit fills when loaded larger than 16 px, as a fraction of the side: MNIST's."""
 SVHN_STATS = ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970))
 CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
 
@@ -250,7 +257,8 @@ def load_usps(
         train: 7,291 training or 2,007 test images.
         root: Data root (the folder holding ``usps/``), default :func:`data_root`.
         download: Fetch a missing file.
-        image_size: Side length, default 16 (native).
+        image_size: Side length, default 16 (native); larger sizes frame the digit like MNIST's
+            (:data:`USPS_BOX`), normalised with the framed training statistics.
         channels: 1 (default) or 3.
 
     Returns:
@@ -262,7 +270,16 @@ def load_usps(
     """
     from torchvision.datasets import USPS
 
-    return _load_split_file("usps", USPS.split_list, read_usps_libsvm, USPS_STATS, train=train, root=root,
+    check_size_and_channels(image_size, channels)
+    if image_size is None or image_size <= USPS_INFO.image_size:
+        return _load_split_file("usps", USPS.split_list, read_usps_libsvm, USPS_STATS, train=train, root=root,
+                                download=download, image_size=image_size, channels=channels)
+
+    def read_framed(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+        pixels, labels = read_usps_libsvm(path)
+        return frame(pixels, image_size, round(image_size * USPS_BOX)), labels
+
+    return _load_split_file("usps", USPS.split_list, read_framed, USPS_FRAMED_STATS, train=train, root=root,
                             download=download, image_size=image_size, channels=channels)
 
 

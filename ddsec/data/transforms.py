@@ -79,6 +79,22 @@ def resize(x: Tensor, image_size: int) -> Tensor:
     return out.clamp_(0.0, 1.0) if antialias else out
 
 
+def frame(x: Tensor, image_size: int, box: int) -> Tensor:
+    """Resize to ``box × box`` and centre on a zero (background) square of side ``image_size``.
+
+    Args:
+        x: float ``[N, C, H, W]`` in ``[0, 1]``, background 0.
+        image_size: Output side ``S``.
+        box: Side the image is resized to, at most ``S``.
+
+    Returns:
+        float ``[N, C, S, S]``.
+    """
+    before = (image_size - box) // 2
+    after = image_size - box - before
+    return F.pad(resize(x, box), (before, after, before, after))
+
+
 def convert_channels(x: Tensor, channels: int) -> Tensor:
     """Convert between grey and RGB.
 

@@ -21,7 +21,7 @@ runner = CliRunner()
 def test_pair_shapes_and_entry_names():
     assert pair_shape("mnist", "usps") == (28, 1) and pair_shape("svhn", "mnist") == (32, 3)
     assert source_entry("mnist", "lenet", 28, 1) == "mnist-lenet"
-    assert source_entry("usps", "lenet", 28, 1) == "usps-lenet-28px1c"
+    assert source_entry("usps", "lenet", 28, 1) == "usps-lenet-28px1c-framed"
     assert source_entry("mnist", "lenet", 32, 3) == "mnist-lenet-32px3c"
 
 

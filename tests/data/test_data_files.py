@@ -94,6 +94,18 @@ def test_usps_libsvm_file(tmp_path):
     assert torch.allclose(pixels, torch.from_numpy((values + 1) / 2).float(), atol=1e-5)
 
 
+def test_usps_upsampled_is_framed_like_mnist(tmp_path):
+    values, _ = write_usps_libsvm(tmp_path / "usps" / "usps.t.bz2", n=10)
+    ds = load_dataset("usps", root=tmp_path, train=False, image_size=28)
+    pixels = ds.denormalize(ds.images, clamp=False)
+    assert pixels.shape == (10, 1, 28, 28)
+    border = torch.ones(28, 28, dtype=torch.bool)
+    border[4:24, 4:24] = False  # the digit fills a centred 20-px box, as MNIST's digits do
+    assert pixels[..., border].abs().max() < 1e-5
+    assert pixels[..., 4:24, 4:24].std() > 0.15  # the random pixels, upsampled from 16 to 20 px
+    assert ds.mean == (0.1297,) and ds.std == (0.2811,)  # the framed training split's statistics
+
+
 def test_usps_sparse_lines_and_bad_files(tmp_path):
     folder = tmp_path / "usps"
     folder.mkdir()
