@@ -49,7 +49,7 @@ def usps_zoo(tmp_path_factory):
     if not os.environ.get("DDSEC_DATA"):
         pytest.skip("DDSEC_DATA is not set: real-data test skipped")
     root = tmp_path_factory.mktemp("zoo")
-    train_entry("usps-mlp-28px1c", dataset="usps", model_name="mlp", count=4, heldout=2, root=root, image_size=28,
+    train_entry(source_entry("usps", "mlp", 28, 1), dataset="usps", model_name="mlp", count=4, heldout=2, root=root, image_size=28,
                 recipe=TrainRecipe(steps=60))
     return root
 
