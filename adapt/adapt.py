@@ -12,9 +12,8 @@ pipeline would.
 Digit pairs share one input shape: 28 px grey for MNIST ↔ USPS, 32 px RGB whenever SVHN is
 involved (MNIST and USPS then repeated to 3 channels, as the reference did). Upsampled USPS
 digits are framed like MNIST's (a 20/28 box centred on background), so both domains show digits
-of one size. The ImageNet source
-(``--src imagenet --tgt voc|cub``) is one fixed AlexNet read from ``--weights``
-(:mod:`ddsec.adapt.imagenet`), at 224 px by default.
+of one size. The ImageNet source (``--src imagenet --tgt voc|cub``) is one fixed AlexNet read
+from ``--weights`` (:mod:`ddsec.adapt.imagenet`), at 224 px by default.
 """
 
 from __future__ import annotations

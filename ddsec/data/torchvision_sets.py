@@ -270,7 +270,6 @@ def load_usps(
     """
     from torchvision.datasets import USPS
 
-    check_size_and_channels(image_size, channels)
     if image_size is None or image_size <= USPS_INFO.image_size:
         return _load_split_file("usps", USPS.split_list, read_usps_libsvm, USPS_STATS, train=train, root=root,
                                 download=download, image_size=image_size, channels=channels)
