@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
-from ddsec.data import ImageDataset, dataset_info, load_dataset
+from ddsec.data import ImageDataset, dataset_info, load_dataset, usps_framed
 from ddsec.distill import DistillConfig, DistillJob, build_model, resolve_device
 from ddsec.engine import FixedInit, PopulationInit, select, world
 from ddsec.adapt.imagenet import IMAGENET_SIZE, IMAGENET_TARGETS, imagenet_alexnet, require_weights
@@ -58,7 +58,7 @@ def source_entry(source: str, model: str, image_size: int, channels: int) -> str
     info = dataset_info(source)
     if (image_size, channels) == (info.image_size, info.channels):
         return entry_name(source, model)
-    framed = "-framed" if source == "usps" and image_size > info.image_size else ""
+    framed = "-framed" if source == "usps" and usps_framed(image_size) else ""
     return f"{entry_name(source, model)}-{image_size}px{channels}c{framed}"
 
 

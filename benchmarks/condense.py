@@ -58,7 +58,10 @@ def parse() -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue the run checkpointed at --checkpoint")
     p.add_argument("--evaluate-checkpoint", action="store_true",
                    help="only evaluate the images checkpointed at --checkpoint (same settings as the run)")
-    return p.parse_args()
+    args = p.parse_args()
+    if (args.resume or args.evaluate_checkpoint) and args.checkpoint is None:
+        p.error("--resume and --evaluate-checkpoint need --checkpoint PATH")
+    return args
 
 
 def train_feature_model(path: Path, arch: str, dataset: str, steps: int, seed: int) -> None:

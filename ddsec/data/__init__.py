@@ -35,6 +35,7 @@ from ddsec.data.torchvision_sets import (
     load_mnist,
     load_svhn,
     load_usps,
+    usps_framed,
 )
 from ddsec.data.voc import VOC_INFO, load_voc
 from ddsec.errors import DDSecError
@@ -47,6 +48,7 @@ __all__ = [
     "dataset_info",
     "list_datasets",
     "load_dataset",
+    "usps_framed",
 ]
 
 

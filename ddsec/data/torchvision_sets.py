@@ -63,6 +63,7 @@ __all__ = [
     "load_svhn",
     "load_usps",
     "read_svhn_mat",
+    "usps_framed",
     "read_usps_libsvm",
 ]
 
@@ -239,6 +240,11 @@ def read_usps_libsvm(path: str | os.PathLike[str]) -> tuple[torch.Tensor, torch.
     return torch.from_numpy(pixels), torch.from_numpy(labels)
 
 
+def usps_framed(image_size: int | None) -> bool:
+    """Whether USPS loaded at ``image_size`` is framed like MNIST (:data:`USPS_BOX`): above 16 px."""
+    return image_size is not None and image_size > USPS_INFO.image_size
+
+
 def load_usps(
     *,
     train: bool = True,
@@ -270,7 +276,7 @@ def load_usps(
     """
     from torchvision.datasets import USPS
 
-    if image_size is None or image_size <= USPS_INFO.image_size:
+    if not usps_framed(image_size):
         return _load_split_file("usps", USPS.split_list, read_usps_libsvm, USPS_STATS, train=train, root=root,
                                 download=download, image_size=image_size, channels=channels)
 
