@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ddsec.baselines import real_images_per_class
+from ddsec.baselines import average_images, kmeans_images, real_images_per_class
 from ddsec.data import ImageDataset, load_dataset
 from ddsec.engine import (
     FIXED_KINDS,
@@ -42,7 +42,7 @@ from ddsec.export import DistilledMeta, DistilledSet
 from ddsec.models_zoo import create_model, load_population
 
 INIT_KINDS = ("random", "fixed", "pretrained", "population")
-IMAGE_INITS = ("real", "noise")
+IMAGE_INITS = ("real", "noise", "kmeans", "average")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -185,8 +185,13 @@ def prepare_distill(cfg: DistillConfig) -> DistillJob:
 
 
 def initial_synthetic(job: DistillJob) -> SyntheticSet:
-    """The starting synthetic set: ``S`` steps of class-major real images (or noise), step sizes, and
-    learnable soft labels when ``cfg.learn_labels``."""
+    """The starting synthetic set: ``S`` steps of class-major images, step sizes, and learnable soft
+    labels when ``cfg.learn_labels``.
+
+    The images start as ``cfg.image_init`` says: random real images of each class (``real``),
+    standard-normal noise (``noise``), each class's ``ipc·S`` k-means centroids (``kmeans``), or
+    each class's mean image in every slot (``average``).
+    """
     cfg, train = job.cfg, job.train
     generator = torch.Generator().manual_seed(cfg.seed)
     synthetic = SyntheticSet.create(
@@ -195,6 +200,10 @@ def initial_synthetic(job: DistillJob) -> SyntheticSet:
     )
     if cfg.image_init == "real":
         synthetic.images = real_images_per_class(train, cfg.ipc, cfg.steps, generator).to(job.device)
+    elif cfg.image_init == "kmeans":
+        synthetic.images = kmeans_images(train, cfg.ipc, cfg.steps, seed=cfg.seed).to(job.device)
+    elif cfg.image_init == "average":
+        synthetic.images = average_images(train, cfg.ipc, cfg.steps).contiguous().to(job.device)
     return synthetic.with_learnable_labels(train.num_classes) if cfg.learn_labels else synthetic
 
 

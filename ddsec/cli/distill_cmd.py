@@ -43,8 +43,9 @@ def distill(
     mode: str = O.MODE,
     keep_graphs: bool = O.KEEP_GRAPHS,
     learn_labels: bool = O.LEARN_LABELS,
-    image_init: str = typer.Option(D.image_init, help="Start images from random real ones of each class (real) or noise;"
-                                                     " also the image init of dc|dsa|dm (--init is dd's p(θ0))."),
+    image_init: str = typer.Option(D.image_init, help="Start images from random real ones of each class (real), noise,"
+                                                     " per-class k-means centroids (kmeans) or class means (average);"
+                                                     " dc|dsa|dm take real or noise (--init is dd's p(θ0))."),
     seed: int = O.SEED,
     device: str = O.DEVICE,
     out_path: Optional[Path] = typer.Option(None, "--out", help="Output .safetensors (default distilled/<dataset>-<model>.safetensors)."),
