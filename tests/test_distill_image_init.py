@@ -9,8 +9,8 @@ from ddsec.distill import DistillConfig, initial_synthetic, prepare_distill
 from ddsec.errors import DDSecError
 
 
-def start(image_init: str, steps: int = 3):
-    job = prepare_distill(DistillConfig(steps=steps, epochs=1, image_init=image_init, device="cpu"))
+def start(image_init: str):
+    job = prepare_distill(DistillConfig(steps=3, epochs=1, image_init=image_init, device="cpu"))
     return job, initial_synthetic(job)
 
 

@@ -45,7 +45,8 @@ def poison(
     decay_every: Optional[int] = O.DECAY_EVERY,
     mode: str = O.MODE,
     learn_labels: bool = typer.Option(P.learn_labels, help="Also learn soft labels for the images (default: each image keeps its own class, as in the paper)."),
-    image_init: str = typer.Option(P.image_init, help="Start from random real images of each class (real) or noise."),
+    image_init: str = typer.Option(P.image_init, help="Start from random real images of each class (real), noise,"
+                                                     " per-class k-means centroids (kmeans) or class means (average)."),
     seed: int = O.SEED,
     device: str = O.DEVICE,
     out_path: Optional[Path] = typer.Option(None, "--out", help="Output .safetensors (default distilled/poison-<dataset>-<K>to<T>.safetensors)."),
