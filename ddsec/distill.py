@@ -203,7 +203,7 @@ def initial_synthetic(job: DistillJob) -> SyntheticSet:
     elif cfg.image_init == "kmeans":
         synthetic.images = kmeans_images(train, cfg.ipc, cfg.steps, seed=cfg.seed).to(job.device)
     elif cfg.image_init == "average":
-        synthetic.images = average_images(train, cfg.ipc, cfg.steps).contiguous().to(job.device)
+        synthetic.images = average_images(train, cfg.ipc, cfg.steps).to(job.device)
     return synthetic.with_learnable_labels(train.num_classes) if cfg.learn_labels else synthetic
 
 

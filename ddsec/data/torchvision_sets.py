@@ -63,8 +63,8 @@ __all__ = [
     "load_svhn",
     "load_usps",
     "read_svhn_mat",
-    "usps_framed",
     "read_usps_libsvm",
+    "usps_framed",
 ]
 
 MNIST_INFO = DatasetInfo(channels=1, image_size=28, num_classes=10)
@@ -276,15 +276,13 @@ def load_usps(
     """
     from torchvision.datasets import USPS
 
-    if not usps_framed(image_size):
-        return _load_split_file("usps", USPS.split_list, read_usps_libsvm, USPS_STATS, train=train, root=root,
-                                download=download, image_size=image_size, channels=channels)
-
     def read_framed(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
         pixels, labels = read_usps_libsvm(path)
         return frame(pixels, image_size, round(image_size * USPS_BOX)), labels
 
-    return _load_split_file("usps", USPS.split_list, read_framed, USPS_FRAMED_STATS, train=train, root=root,
+    framed = usps_framed(image_size)
+    return _load_split_file("usps", USPS.split_list, read_framed if framed else read_usps_libsvm,
+                            USPS_FRAMED_STATS if framed else USPS_STATS, train=train, root=root,
                             download=download, image_size=image_size, channels=channels)
 
 
