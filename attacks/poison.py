@@ -25,7 +25,15 @@ from torch import nn
 
 from ddsec.attacks.metrics import AttackResult, evaluate_attack, relabel, weighted_relabel
 from ddsec.data import ImageDataset
-from ddsec.distill import DistillConfig, DistillJob, build_model, initial_synthetic, optimize, prepare_distill
+from ddsec.distill import (
+    DistillConfig,
+    DistillJob,
+    build_model,
+    initial_synthetic,
+    optimize,
+    prepare_distill,
+    to_distilled,
+)
 from ddsec.engine import (
     ClassificationObjective,
     InitDistribution,
@@ -197,5 +205,5 @@ def run_poison(
         mean=train.mean, std=train.std, seed=cfg.seed, num_classes=train.num_classes, config=asdict(cfg),
         attack_class=cfg.attack, target_class=cfg.target,
     )
-    distilled = DistilledSet(result.synthetic.images, result.synthetic.soft_labels(), result.synthetic.lrs().detach(), meta)
+    distilled = to_distilled(result.synthetic, meta)
     return PoisonOutcome(distilled, evaluation, transfer, result.losses, seconds)

@@ -80,11 +80,13 @@ class BaselineResult:
 
 @dataclass(frozen=True)
 class _Schedule:
-    """One grid cell: a step size (or ``"learned"``), epochs, and the step sizes ``[S·epochs]``."""
+    """One grid cell: a step size (or ``"learned"``), epochs, the step sizes ``[S·epochs]`` and, for
+    a learned schedule with momenta, the momenta ``[S·epochs]``."""
 
     lr: float | str
     epochs: int
     lrs: Tensor
+    momenta: Tensor | None = None
 
     @property
     def key(self) -> str:
@@ -170,10 +172,12 @@ def knn_accuracy(images: Tensor, labels: Tensor, test: ImageDataset) -> float:
 
 
 def _schedules(
-    steps: int, epochs: int, learned_lrs: Tensor | None, lrs: Sequence[float], epochs_grid: Sequence[int]
+    steps: int, epochs: int, learned_lrs: Tensor | None, lrs: Sequence[float], epochs_grid: Sequence[int],
+    learned_momenta: Tensor | None = None,
 ) -> list[_Schedule]:
-    """The grid: the learned schedule (with its own ``epochs``) first, then every ``lr × epochs``."""
-    cells = [] if learned_lrs is None else [_Schedule("learned", epochs, learned_lrs.detach().float().cpu())]
+    """The grid: the learned schedule (with its own ``epochs`` and momenta) first, then every ``lr × epochs``."""
+    momenta = None if learned_momenta is None else learned_momenta.detach().float().cpu()
+    cells = [] if learned_lrs is None else [_Schedule("learned", epochs, learned_lrs.detach().float().cpu(), momenta)]
     return cells + [_Schedule(lr, e, torch.full((steps * e,), float(lr))) for lr in lrs for e in epochs_grid]
 
 
@@ -211,8 +215,9 @@ class _Trainer:
         """
         before, after = [], []
         for i, (images, n_models) in enumerate(sets):
+            momenta = None if schedule.momenta is None else schedule.momenta.to(self.device)
             synthetic = SyntheticSet.from_lrs(images.to(self.device), self.labels.to(self.device),
-                                              schedule.lrs.to(self.device), schedule.epochs)
+                                              schedule.lrs.to(self.device), schedule.epochs, momenta)
             result = evaluate_synthetic(self.model, self.heldout, synthetic, test_images, test_labels,
                                         n_models=n_models, generator=_generator(self.seed, _INITS, i))
             before.append(result.before)
@@ -253,6 +258,7 @@ def run_baseline(
     epochs: int,
     ipc: int,
     learned_lrs: Tensor | None = None,
+    learned_momenta: Tensor | None = None,
     n_models: int = 20,
     seed: int = 0,
     device: torch.device | str = "cpu",
@@ -276,6 +282,8 @@ def run_baseline(
         steps: ``S``; epochs: the distilled set's ``E`` (paired with ``learned_lrs``); ipc: images
             per class per step.
         learned_lrs: float ``[S·E]``, the distilled set's step sizes: the grid's ``learned`` cell.
+        learned_momenta: float ``[S·E]``, the distilled set's momenta, if it has them: the
+            ``learned`` cell then trains with them too.
         n_models: held-out models in the final evaluation (``random``: one fresh image set each;
             ``optimized``: spread over the kept sets; ``knn``: random draws).
         seed: drives every random choice (image draws, initial weights, test subset, k-means).
@@ -305,7 +313,7 @@ def run_baseline(
     if kind in ("kmeans", "average"):
         images = (kmeans_images(train, ipc, steps, seed=seed, n_init=kmeans_n_init) if kind == "kmeans"
                   else average_images(train, ipc, steps))
-    schedules = _schedules(steps, epochs, learned_lrs, lrs, epochs_grid)
+    schedules = _schedules(steps, epochs, learned_lrs, lrs, epochs_grid, learned_momenta)
     if kind == "optimized" and random_grid is not None:
         best, grid = _reuse_grid(schedules, random_grid)
     else:

@@ -88,6 +88,8 @@ class DistillConfig:
     keep_graphs: bool = False
     image_init: str = "real"
     learn_labels: bool = False
+    momentum: float = 0.0  # 0: plain SGD (the paper); > 0: learned inner momentum starting there
+    lr_momenta: float | None = None  # None: the same as lr_step_sizes (else lr)
     seed: int = 0
     device: str = "auto"
     eval_models: int = 20
@@ -99,7 +101,9 @@ class DistillConfig:
         for flag, value in positive.items():
             if value < 1:
                 raise DDSecError(f"{flag} must be at least 1, got {value}")
-        rates = {"--lr": self.lr, "--distill-lr": self.distill_lr, "--lr-step-sizes": self.lr if self.lr_step_sizes is None else self.lr_step_sizes}
+        rates = {"--lr": self.lr, "--distill-lr": self.distill_lr,
+                 "--lr-step-sizes": self.lr if self.lr_step_sizes is None else self.lr_step_sizes,
+                 "--lr-momenta": self.lr if self.lr_momenta is None else self.lr_momenta}
         for flag, value in rates.items():
             if not value > 0:
                 raise DDSecError(f"{flag} must be positive, got {value}")
@@ -113,6 +117,8 @@ class DistillConfig:
             raise DDSecError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.init == "pretrained" and not self.weights:
             raise DDSecError("--init pretrained needs --weights PATH (a .safetensors or .pth state dict)")
+        if not 0 <= self.momentum < 1:
+            raise DDSecError(f"--momentum must lie in [0, 1), got {self.momentum}")
         if self.decay_every is not None and self.decay_every < 1:
             raise DDSecError(f"--decay-every must be at least 1, got {self.decay_every}")
 
@@ -120,7 +126,7 @@ class DistillConfig:
         """Settings that must not change when a run is resumed."""
         keep = ("dataset", "model", "steps", "epochs", "ipc", "init", "init_scheme", "init_seed",
                 "weights", "population", "n_models", "batch_size", "lr", "lr_step_sizes", "distill_lr", "decay_every",
-                "decay_factor", "mode", "image_init", "learn_labels", "seed")
+                "decay_factor", "mode", "image_init", "learn_labels", "momentum", "lr_momenta", "seed")
         return {k: v for k, v in asdict(self).items() if k in keep}
 
 
@@ -185,8 +191,8 @@ def prepare_distill(cfg: DistillConfig) -> DistillJob:
 
 
 def initial_synthetic(job: DistillJob) -> SyntheticSet:
-    """The starting synthetic set: ``S`` steps of class-major images, step sizes, and learnable soft
-    labels when ``cfg.learn_labels``.
+    """The starting synthetic set: ``S`` steps of class-major images, step sizes, learnable soft
+    labels when ``cfg.learn_labels``, and learned inner momenta when ``cfg.momentum > 0``.
 
     The images start as ``cfg.image_init`` says: random real images of each class (``real``),
     standard-normal noise (``noise``), each class's ``ipc·S`` k-means centroids (``kmeans``), or
@@ -204,7 +210,16 @@ def initial_synthetic(job: DistillJob) -> SyntheticSet:
         synthetic.images = kmeans_images(train, cfg.ipc, cfg.steps, seed=cfg.seed).to(job.device)
     elif cfg.image_init == "average":
         synthetic.images = average_images(train, cfg.ipc, cfg.steps).to(job.device)
-    return synthetic.with_learnable_labels(train.num_classes) if cfg.learn_labels else synthetic
+    if cfg.learn_labels:
+        synthetic = synthetic.with_learnable_labels(train.num_classes)
+    return synthetic.with_learnable_momentum(cfg.momentum) if cfg.momentum > 0 else synthetic
+
+
+def to_distilled(synthetic: SyntheticSet, meta: DistilledMeta) -> DistilledSet:
+    """The exportable set: images, labels (soft when learned), step sizes and momenta (if learned)."""
+    momenta = synthetic.momenta()
+    return DistilledSet(synthetic.images.detach(), synthetic.soft_labels(), synthetic.lrs().detach(), meta,
+                        None if momenta is None else momenta.detach())
 
 
 def optimize(
@@ -220,7 +235,7 @@ def optimize(
     cfg = job.cfg
     return distill(
         objective, synthetic, iterations=cfg.iterations, n_models=distinct_draws(job.init, cfg.n_models), lr=cfg.lr,
-        lr_step_sizes=cfg.lr_step_sizes, decay_every=cfg.decay_every, decay_factor=cfg.decay_factor, mode=cfg.mode,
+        lr_step_sizes=cfg.lr_step_sizes, lr_momenta=cfg.lr_momenta, decay_every=cfg.decay_every, decay_factor=cfg.decay_factor, mode=cfg.mode,
         keep_graphs=cfg.keep_graphs, seed=cfg.seed, checkpoint_path=checkpoint_path, resume=resume,
         fingerprint=cfg.fingerprint(), on_progress=on_progress,
     )
@@ -280,8 +295,7 @@ def run_distill(
     )
     fields = dict(task="distill", dataset=cfg.dataset, model=cfg.model, epochs=cfg.epochs, ipc=cfg.ipc, init=cfg.init,
                   mean=train.mean, std=train.std, seed=cfg.seed, num_classes=train.num_classes, config=asdict(cfg))
-    distilled = DistilledSet(result.synthetic.images, result.synthetic.soft_labels(), result.synthetic.lrs().detach(),
-                             DistilledMeta(**(fields | (meta or {}))))
+    distilled = to_distilled(result.synthetic, DistilledMeta(**(fields | (meta or {}))))
     return DistillOutcome(distilled, evaluation, result.losses, seconds)
 
 
@@ -326,7 +340,8 @@ def evaluate_distilled(
 ) -> EvalResult:
     """Train held-out models with ``dset`` exactly as distilled and test them on ``job``'s test split."""
     synthetic = SyntheticSet.from_lrs(dset.images.to(job.device), dset.labels.to(job.device),
-                                      dset.lrs.to(job.device), dset.meta.epochs)
+                                      dset.lrs.to(job.device), dset.meta.epochs,
+                                      None if dset.momenta is None else dset.momenta.to(job.device))
     return evaluate_synthetic(
         job.model, job.heldout, synthetic, job.test.images, job.test.labels,
         n_models=distinct_draws(job.heldout, n_models), per_step=per_step,

@@ -6,7 +6,11 @@ per inner step (``T = S·E``). The file format ``ddsec.distilled/1`` (see DESIGN
 file format") is a single safetensors file with
 
 * tensors ``images`` float32 ``[S, N, C, H, W]`` (normalised model-input space), ``labels``
-  int64 ``[S, N]`` or float32 ``[S, N, K]`` (soft labels), ``lrs`` float32 ``[T]`` (positive);
+  int64 ``[S, N]`` or float32 ``[S, N, K]`` (soft labels), ``lrs`` float32 ``[T]`` (positive),
+  and, only for sets trained with a learned inner momentum, ``momenta`` float32 ``[T]`` in
+  ``(0, 1)`` (SGD with momentum ``momenta[t]`` at step ``t``); such files say
+  ``ddsec.distilled/2``, so that a reader that knows only version 1 refuses them rather than
+  replaying them without momentum;
 * string metadata ``format``, ``ddsec_version``, ``task``, ``dataset``, ``model``, ``steps``,
   ``epochs``, ``ipc``, ``init``, ``mean`` and ``std`` (JSON lists), ``seed``, ``num_classes``,
   ``config`` (JSON of the whole run) and, only when set, ``attack_class``, ``target_class``,
@@ -40,6 +44,7 @@ from ddsec.errors import FormatError
 
 __all__ = [
     "FORMAT",
+    "FORMAT_MOMENTUM",
     "TASKS",
     "DistilledMeta",
     "DistilledSet",
@@ -49,9 +54,11 @@ __all__ = [
 ]
 
 FORMAT_NAME = "ddsec.distilled"
-FORMAT_VERSION = 1
-FORMAT = f"{FORMAT_NAME}/{FORMAT_VERSION}"
-"""The ``format`` metadata string this module writes."""
+FORMAT_VERSION = 2
+FORMAT = f"{FORMAT_NAME}/1"
+"""The ``format`` metadata string this module writes for plain-SGD sets."""
+FORMAT_MOMENTUM = f"{FORMAT_NAME}/{FORMAT_VERSION}"
+"""The ``format`` string of sets with learned momenta (the newest version this module reads)."""
 TASKS = ("distill", "poison", "adapt")
 """Allowed values of :attr:`DistilledMeta.task`."""
 
@@ -125,12 +132,15 @@ class DistilledSet:
         lrs: float32 ``[T]`` positive step sizes, ``T = S * meta.epochs``; inner step ``t``
             uses batch ``t mod S`` with step size ``lrs[t]``.
         meta: Descriptive metadata.
+        momenta: ``None`` (plain SGD) or float32 ``[T]`` in ``(0, 1)``: the inner steps are then
+            SGD with momentum ``momenta[t]`` (``torch.optim.SGD``, ``dampening=0``).
     """
 
     images: Tensor
     labels: Tensor
     lrs: Tensor
     meta: DistilledMeta
+    momenta: Tensor | None = None
 
     @property
     def steps(self) -> int:
@@ -289,11 +299,21 @@ def _check_lrs(lrs: object, steps: int, epochs: int) -> None:
         raise _Problem(f"lrs must be positive, got minimum {float(lrs.min()):g}")
 
 
+def _check_momenta(momenta: object, steps: int, epochs: int) -> None:
+    momenta = _check_tensor("momenta", momenta, torch.float32, 1)
+    if momenta.shape[0] != steps * epochs:
+        raise _Problem(f"momenta has {momenta.shape[0]} entries but steps*epochs = {steps * epochs}")
+    if not bool(((momenta > 0) & (momenta < 1)).all()):
+        raise _Problem("momenta must lie in (0, 1)")
+
+
 def _check_set(dset: DistilledSet) -> None:
     _check_meta(dset.meta)
     _check_images(dset.images, dset.meta)
     _check_labels(dset.labels, dset.images, dset.meta.num_classes)
     _check_lrs(dset.lrs, dset.steps, dset.meta.epochs)
+    if dset.momenta is not None:
+        _check_momenta(dset.momenta, dset.steps, dset.meta.epochs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -301,7 +321,7 @@ def _check_set(dset: DistilledSet) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _meta_to_strings(meta: DistilledMeta, steps: int) -> dict[str, str]:
+def _meta_to_strings(meta: DistilledMeta, steps: int, fmt: str) -> dict[str, str]:
     from ddsec import __version__
 
     try:
@@ -309,7 +329,7 @@ def _meta_to_strings(meta: DistilledMeta, steps: int) -> dict[str, str]:
     except (TypeError, ValueError) as exc:
         raise _Problem(f"config is not JSON-serialisable: {exc}") from None
     out = {
-        "format": FORMAT,
+        "format": fmt,
         "ddsec_version": __version__,
         "task": meta.task,
         "dataset": meta.dataset,
@@ -385,7 +405,8 @@ def _meta_from_strings(raw: Mapping[str, str]) -> tuple[DistilledMeta, int]:
     return meta, _raw_int(raw, "steps")
 
 
-def _check_format(raw: Mapping[str, str], path: Path) -> None:
+def _check_format(raw: Mapping[str, str], path: Path) -> int:
+    """The file's format version; a foreign or too-new file is a :class:`FormatError`."""
     fmt = raw.get("format")
     prefix = FORMAT_NAME + "/"
     version = fmt[len(prefix) :] if fmt is not None and fmt.startswith(prefix) else ""
@@ -394,8 +415,9 @@ def _check_format(raw: Mapping[str, str], path: Path) -> None:
         raise FormatError(f"{path} is not a ddsec distilled set (format {shown})")
     if int(version) > FORMAT_VERSION:
         raise FormatError(
-            f"{path} has format {fmt!r}, newer than this ddsec reads ({FORMAT}); upgrade ddsec"
+            f"{path} has format {fmt!r}, newer than this ddsec reads ({FORMAT_MOMENTUM}); upgrade ddsec"
         )
+    return int(version)
 
 
 # --------------------------------------------------------------------------------------------
@@ -412,7 +434,8 @@ def _as_stored(tensor: Tensor) -> Tensor:
 
 
 def save_distilled(path: str | os.PathLike[str], dset: DistilledSet) -> Path:
-    """Write a distilled set as one ``ddsec.distilled/1`` safetensors file, atomically.
+    """Write a distilled set as one safetensors file, atomically: ``ddsec.distilled/1``, or
+    ``ddsec.distilled/2`` when it holds momenta.
 
     Tensors are detached and moved to the CPU; floating tensors are stored as float32. The set
     is validated first (the same checks as :func:`load_distilled`), parent directories are
@@ -433,13 +456,14 @@ def save_distilled(path: str | os.PathLike[str], dset: DistilledSet) -> Path:
     try:
         if not isinstance(dset, DistilledSet):
             raise _Problem(f"expected a DistilledSet, got {type(dset).__name__}")
-        tensors = {name: getattr(dset, name) for name in _TENSORS}
+        names = _TENSORS if dset.momenta is None else (*_TENSORS, "momenta")
+        tensors = {name: getattr(dset, name) for name in names}
         if not all(isinstance(t, Tensor) for t in tensors.values()):
-            raise _Problem("images, labels and lrs must be torch.Tensor")
+            raise _Problem(f"{', '.join(names)} must be torch.Tensor")
         tensors = {name: _as_stored(t) for name, t in tensors.items()}
         stored = DistilledSet(meta=dset.meta, **tensors)
         _check_set(stored)
-        metadata = _meta_to_strings(dset.meta, stored.steps)
+        metadata = _meta_to_strings(dset.meta, stored.steps, FORMAT if dset.momenta is None else FORMAT_MOMENTUM)
     except _Problem as exc:
         raise FormatError(f"cannot save {path}: {exc}") from None
     data = st_save(tensors, metadata=metadata)
@@ -455,12 +479,12 @@ def _read(path: Path) -> tuple[dict[str, str], dict[str, Tensor]]:
     try:
         with safe_open(str(path), framework="pt") as fh:
             raw = fh.metadata() or {}
-            _check_format(raw, path)
+            names = _TENSORS if _check_format(raw, path) == 1 else (*_TENSORS, "momenta")
             keys = set(fh.keys())
-            missing = [name for name in _TENSORS if name not in keys]
+            missing = [name for name in names if name not in keys]
             if missing:
                 raise FormatError(f"{path}: missing tensor(s) {', '.join(missing)}")
-            return dict(raw), {name: fh.get_tensor(name) for name in _TENSORS}
+            return dict(raw), {name: fh.get_tensor(name) for name in names}
     except (SafetensorError, TypeError, ValueError, RuntimeError) as exc:
         raise FormatError(
             f"{path} is not a safetensors file or is truncated ({_one_line(exc)})"
@@ -476,11 +500,12 @@ def load_distilled(path: str | os.PathLike[str]) -> DistilledSet:
     model checkpoint) is rejected from its metadata before any tensor is read.
 
     Args:
-        path: A ``ddsec.distilled/1`` safetensors file.
+        path: A ``ddsec.distilled/1`` or ``/2`` safetensors file.
 
     Returns:
         The set, tensors on the CPU: ``images`` float32 ``[S, N, C, H, W]``, ``labels`` int64
-        ``[S, N]`` or float32 ``[S, N, K]``, ``lrs`` float32 ``[T]``.
+        ``[S, N]`` or float32 ``[S, N, K]``, ``lrs`` float32 ``[T]``, ``momenta`` float32 ``[T]``
+        (version-2 files) or ``None``.
 
     Raises:
         FormatError: The file is missing, unreadable, truncated, foreign, of a newer format

@@ -2,7 +2,7 @@
 
 Runs offline on the embedded ``digits`` set in about a minute on 2 CPU cores:
 
-    python examples/distill_export_reload.py [--iterations 40] [--out distilled/walkthrough.safetensors]
+    python examples/distill_export_reload.py [--iterations 40] [--momentum 0.5] [--out distilled/walkthrough.safetensors]
 
 Steps:
 1. distil with the library API (the same code path as ``ddsec distill``);
@@ -10,7 +10,8 @@ Steps:
 3. export the distilled set as safetensors;
 4. reload it with nothing but ``safetensors``-backed ``load_distilled`` and train a fresh LeNet
    with a plain PyTorch loop: for each inner step ``t``, one SGD step on batch ``t mod S`` with the
-   learned step size ``lrs[t]`` — exactly the procedure the set was distilled for.
+   learned step size ``lrs[t]`` (and, for sets distilled with ``--momentum``, the learned momentum
+   ``momenta[t]``) — exactly the procedure the set was distilled for.
 """
 
 from __future__ import annotations
@@ -27,15 +28,19 @@ from ddsec.models_zoo import create_model
 
 
 def train_with_distilled(model: torch.nn.Module, dset: DistilledSet) -> torch.nn.Module:
-    """Train ``model`` in place with ``dset`` (images ``[S, N, C, H, W]``, step sizes ``[T]``); returns it."""
+    """Train ``model`` in place with ``dset`` (images ``[S, N, C, H, W]``, step sizes and optional
+    momenta ``[T]``): ``v ← μ_t·v + g``, ``θ ← θ − η_t·v`` (``μ_t = 0`` without momenta); returns it."""
     steps = dset.images.shape[0]
-    for t, lr in enumerate(dset.lrs.tolist()):
+    momenta = [0.0] * dset.lrs.numel() if dset.momenta is None else dset.momenta.tolist()
+    velocity = [torch.zeros_like(p) for p in model.parameters()]
+    for t, (lr, momentum) in enumerate(zip(dset.lrs.tolist(), momenta)):
         images, labels = dset.images[t % steps], dset.labels[t % steps]
         loss = F.cross_entropy(model(images), labels)
         grads = torch.autograd.grad(loss, list(model.parameters()))
         with torch.no_grad():
-            for p, g in zip(model.parameters(), grads):
-                p -= lr * g
+            for p, v, g in zip(model.parameters(), velocity, grads):
+                v.mul_(momentum).add_(g)
+                p -= lr * v
     return model
 
 
@@ -48,10 +53,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=40)
     parser.add_argument("--out", default="distilled/walkthrough.safetensors")
+    parser.add_argument("--momentum", type=float, default=0.0, help="initial learned inner momentum (0: plain SGD)")
     args = parser.parse_args()
 
     # 1-2. Distil and evaluate on held-out models.
-    cfg = DistillConfig(dataset="digits", model="lenet", iterations=args.iterations,
+    cfg = DistillConfig(dataset="digits", model="lenet", iterations=args.iterations, momentum=args.momentum,
                         eval_models=10)
     outcome = run_distill(prepare_distill(cfg))
     summary = outcome.evaluation.summary()

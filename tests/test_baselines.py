@@ -114,3 +114,12 @@ def test_errors(digits, model):
         run("optimized", digits, model, random_grid={"lr=0.5,epochs=1": 0.3})
     assert check_kinds(["knn", "random", "knn"]) == ("random", "knn")
     assert check_kinds(["all"]) == BASELINES
+
+
+def test_learned_cell_trains_with_the_sets_momenta(digits, model):
+    learned = torch.full((STEPS * EPOCHS,), 0.5)
+    plain, with_momenta = (run("average", digits, model, n_models=2, learned_lrs=learned, learned_momenta=momenta)
+                           for momenta in (None, torch.full((STEPS * EPOCHS,), 0.9)))
+    key = "lr=learned,epochs=1"
+    assert plain.grid[key] != with_momenta.grid[key]
+    assert plain.grid["lr=0.1,epochs=1"] == with_momenta.grid["lr=0.1,epochs=1"]  # the constant cells stay plain SGD

@@ -17,6 +17,7 @@ from ddsec._io import atomic_path, atomic_write
 from ddsec.errors import DDSecError, FormatError
 from ddsec.export import (
     FORMAT,
+    FORMAT_MOMENTUM,
     DistilledMeta,
     DistilledSet,
     load_distilled,
@@ -186,8 +187,39 @@ def test_foreign_format_string(tmp_path: Path, fmt: str) -> None:
 def test_newer_format_version(tmp_path: Path) -> None:
     tensors, meta = raw_parts(make_set(), tmp_path)
     path = tmp_path / "future.safetensors"
-    save_file(tensors, str(path), metadata={**meta, "format": "ddsec.distilled/2"})
+    save_file(tensors, str(path), metadata={**meta, "format": "ddsec.distilled/3"})
     expect_error(path, "newer", "upgrade")
+
+
+def test_momenta_round_trip_as_version_2(tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    dset = dataclasses.replace(make_set(), momenta=torch.linspace(0.1, 0.9, S * EPOCHS))
+    path = save_distilled(tmp_path / "m.safetensors", dset)
+    with safe_open(str(path), framework="pt") as fh:
+        assert fh.metadata()["format"] == FORMAT_MOMENTUM == "ddsec.distilled/2"
+        assert set(fh.keys()) == {"images", "labels", "lrs", "momenta"}
+    loaded = load_distilled(path)
+    assert_same(dset, loaded)
+    assert torch.equal(loaded.momenta, dset.momenta)
+    assert load_distilled(save_distilled(tmp_path / "plain.safetensors", make_set())).momenta is None
+
+
+@pytest.mark.parametrize(("momenta", "message"), [
+    (torch.full((S * EPOCHS,), 1.0), "momenta must lie in (0, 1)"),
+    (torch.full((S * EPOCHS + 1,), 0.5), "momenta has 7 entries"),
+])
+def test_bad_momenta_are_refused(tmp_path: Path, momenta: torch.Tensor, message: str) -> None:
+    with pytest.raises(FormatError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        save_distilled(tmp_path / "bad.safetensors", dataclasses.replace(make_set(), momenta=momenta))
+    assert not (tmp_path / "bad.safetensors").exists()
+
+
+def test_version_2_without_momenta_is_refused(tmp_path: Path) -> None:
+    tensors, meta = raw_parts(make_set(), tmp_path)
+    path = tmp_path / "v2.safetensors"
+    save_file(tensors, str(path), metadata={**meta, "format": FORMAT_MOMENTUM})
+    expect_error(path, "missing tensor(s) momenta")
 
 
 def _bad_tensors(dset: DistilledSet) -> dict[str, tuple[str, object, str]]:

@@ -40,6 +40,8 @@ def adapt(
     mode: str = O.MODE,
     keep_graphs: bool = O.KEEP_GRAPHS,
     learn_labels: bool = O.LEARN_LABELS,
+    momentum: float = O.MOMENTUM,
+    lr_momenta: Optional[float] = O.LR_MOMENTA,
     seed: int = O.SEED,
     device: str = O.DEVICE,
     out_path: Optional[Path] = typer.Option(None, "--out", help="Output .safetensors (default distilled/adapt-<src>-<tgt>.safetensors)."),
@@ -76,8 +78,8 @@ def adapt(
         src=src, tgt=tgt, data_dir=data_dir, download=download, image_size=image_size, ipc=ipc, **settings,
         population=population, heldout_population=heldout, weights=weights, zoo=zoo, n_models=n_models,
         iterations=iterations, batch_size=batch_size, lr=lr, lr_step_sizes=lr_step_sizes, distill_lr=distill_lr,
-        decay_every=decay_every, mode=mode, keep_graphs=keep_graphs, learn_labels=learn_labels, seed=seed, device=device,
-        eval_models=eval_models,
+        decay_every=decay_every, mode=mode, keep_graphs=keep_graphs, learn_labels=learn_labels, momentum=momentum,
+        lr_momenta=lr_momenta, seed=seed, device=device, eval_models=eval_models,
     )
     default = Path("distilled") / f"adapt-{src}-{tgt}-{model}.safetensors"
     output, checkpoint = O.output_paths(out_path, default, resume=resume, force=force)

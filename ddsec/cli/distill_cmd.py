@@ -43,6 +43,8 @@ def distill(
     mode: str = O.MODE,
     keep_graphs: bool = O.KEEP_GRAPHS,
     learn_labels: bool = O.LEARN_LABELS,
+    momentum: float = O.MOMENTUM,
+    lr_momenta: Optional[float] = O.LR_MOMENTA,
     image_init: str = typer.Option(D.image_init, help="Start images from random real ones of each class (real), noise,"
                                                      " per-class k-means centroids (kmeans) or class means (average);"
                                                      " dc|dsa|dm take real or noise (--init is dd's p(θ0))."),
@@ -79,7 +81,7 @@ def distill(
                  "--lr-step-sizes": (lr_step_sizes, None), "--distill-lr": (distill_lr, D.distill_lr),
                  "--decay-every": (decay_every, None), "--mode": (mode, D.mode),
                  "--keep-graphs": (keep_graphs, D.keep_graphs), "--learn-labels": (learn_labels, D.learn_labels),
-                 "--nproc": (nproc, 1),
+                 "--momentum": (momentum, D.momentum), "--lr-momenta": (lr_momenta, None), "--nproc": (nproc, 1),
                  "--eval-every": (eval_every, None)},
         condense_only={"--outer-loop": outer_loop, "--inner-loop": inner_loop, "--lr-net": lr_net,
                        "--dsa-strategy": dsa_strategy, "--batch-sampling": batch_sampling, "--clusters": clusters,
@@ -108,8 +110,8 @@ def distill(
         init_scheme=init_scheme, init_seed=init_seed, weights=weights, population=population,
         heldout_population=heldout_population, n_models=n_models, iterations=iterations,
         batch_size=batch_size, lr=D.lr if lr is None else lr, lr_step_sizes=lr_step_sizes, distill_lr=distill_lr, decay_every=decay_every, mode=mode,
-        keep_graphs=keep_graphs, image_init=image_init, learn_labels=learn_labels,
-        seed=seed, device=device, eval_models=D.eval_models if eval_models is None else eval_models,
+        keep_graphs=keep_graphs, image_init=image_init, learn_labels=learn_labels, momentum=momentum,
+        lr_momenta=lr_momenta, seed=seed, device=device, eval_models=D.eval_models if eval_models is None else eval_models,
     )
     default = Path("distilled") / f"{dataset}-{model}.safetensors"
     output, checkpoint = O.output_paths(out_path, default, resume=resume, force=force)

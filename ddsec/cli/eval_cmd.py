@@ -160,7 +160,8 @@ def run_baselines(dset: DistilledSet, job: DistillJob, kinds: tuple[str, ...], *
         for kind in kinds:  # random comes before optimized, which reuses its grid
             results[kind] = run_baseline(
                 kind, model=job.model, heldout=job.heldout, train=job.train, test=job.test, steps=dset.steps,
-                epochs=dset.meta.epochs, ipc=dset.meta.ipc, learned_lrs=dset.lrs, n_models=models, seed=seed,
+                epochs=dset.meta.epochs, ipc=dset.meta.ipc, learned_lrs=dset.lrs, learned_momenta=dset.momenta,
+                n_models=models, seed=seed,
                 device=job.device, grid_models=grid_models, candidates=candidates,
                 random_grid=results["random"].grid if "random" in results else None,
                 on_progress=bars.reporter(kind))

@@ -28,6 +28,9 @@ JSON = typer.Option(False, "--json", help="Print one JSON object as the last lin
 QUIET = typer.Option(False, help="No progress bars.")
 EVAL_EVERY = typer.Option(None, help="Quick held-out accuracy every N iterations (default: 5 times a run; 0: never).")
 LEARN_LABELS = typer.Option(DistillConfig.learn_labels, help="Also learn soft labels (exported as [S, N, K] probabilities).")
+MOMENTUM = typer.Option(DistillConfig.momentum, help="Inner momentum: 0 is plain SGD (the paper); in (0, 1) the inner"
+                                                     " steps use SGD with a learned momentum per step, starting here.")
+LR_MOMENTA = typer.Option(None, help="Adam learning rate for the raw momenta (default --lr-step-sizes, else --lr).")
 
 
 def checkpoint_for(output: Path) -> Path:

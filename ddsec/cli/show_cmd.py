@@ -33,11 +33,13 @@ def show(
         ("labels", "soft" if dset.soft_labels else "hard"), ("seed", str(meta.seed)),
         *((k, str(v)) for k, v in details.items()),
         ("step sizes", " ".join(f"{lr:.4g}" for lr in dset.lrs.tolist())),
+        *(() if dset.momenta is None else (("momenta", " ".join(f"{m:.3f}" for m in dset.momenta.tolist())),)),
         ("image grid", str(grid)),
     ]
     out.print(result_table(f"ddsec show {file}", rows))
     if json_out:
         print_json({"file": str(file), "task": meta.task, "dataset": meta.dataset, "model": meta.model,
                     "init": meta.init, "steps": dset.steps, "epochs": meta.epochs, "ipc": meta.ipc,
-                    "lrs": dset.lrs.tolist(), "png": str(grid), "config": json.loads(json.dumps(meta.config)),
+                    "lrs": dset.lrs.tolist(), "momenta": None if dset.momenta is None else dset.momenta.tolist(),
+                    "png": str(grid), "config": json.loads(json.dumps(meta.config)),
                     **details})

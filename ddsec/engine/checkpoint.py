@@ -28,7 +28,8 @@ class LoopState:
     """The outer loop's full state.
 
     Attributes:
-        synthetic: the set being learned (images ``[S, N, C, H, W]``, raw step sizes ``[T]``).
+        synthetic: the set being learned (images ``[S, N, C, H, W]``, raw step sizes ``[T]``, and
+            the label logits and raw momenta when those are learned).
         adam: Adam's per-parameter state, keyed ``"images.exp_avg"``, ``"raw_lrs.step"`` …
         generator_state: uint8 state of the CPU ``torch.Generator`` driving all sampling.
         iteration: outer iterations completed.
@@ -54,6 +55,7 @@ def save_checkpoint(path: str | Path, state: LoopState) -> Path:
         "labels": syn.labels.detach().cpu().contiguous(),
         "raw_lrs": syn.raw_lrs.detach().cpu().contiguous(),
         **({} if syn.label_logits is None else {"label_logits": syn.label_logits.detach().cpu().contiguous()}),
+        **({} if syn.raw_momenta is None else {"raw_momenta": syn.raw_momenta.detach().cpu().contiguous()}),
         "generator_state": state.generator_state.cpu().contiguous(),
         "losses": state.losses.detach().cpu().float().contiguous(),
         **{f"adam.{k}": v.detach().cpu().contiguous() for k, v in state.adam.items()},
@@ -88,7 +90,7 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Loo
             )
         synthetic = SyntheticSet(
             tensors["images"], tensors["labels"], tensors["raw_lrs"], int(metadata["epochs"]),
-            tensors.get("label_logits"),
+            tensors.get("label_logits"), tensors.get("raw_momenta"),
         )
         adam = {k.removeprefix("adam."): v for k, v in tensors.items() if k.startswith("adam.")}
         return LoopState(

@@ -22,6 +22,12 @@ Both support populations (a leading model dimension on every parameter tensor): 
 the gradients are then averaged over the models. When the set's labels are learned
 (``label_logits``), :func:`meta_grads` also returns their gradient: the same
 ``torch.autograd.grad`` call takes the mixed term ``(∂²ℓ_t/∂ỹ∂θ)ᵀ g`` as well.
+
+With learned momenta (``v_{t+1} = μ_t v_t + G_t``, ``θ_{t+1} = θ_t − η_t v_{t+1}``) the pass also
+carries ``a = ∂L/∂v_{t+1}`` (zero at ``t = T−1``): with ``c = a − η_t g``, the same call takes
+``grad_outputs=c``, and ``∂L/∂x̃_s += (∂²ℓ_t/∂x̃∂θ)ᵀ c``, ``∂L/∂η_t = −v_{t+1}·g``,
+``∂L/∂μ_t = v_t·c``, ``∂L/∂θ_t = g + H_t c``, ``∂L/∂v_t = μ_t c``. The forward pass keeps
+``v_1 … v_T`` too, doubling the ``O(T·|θ|)`` memory.
 """
 
 from __future__ import annotations
@@ -35,19 +41,21 @@ from torch import Tensor, nn
 
 from ddsec.engine.population import Params, is_stacked, population_forward, population_size
 from ddsec.engine.synthetic import SyntheticSet
-from ddsec.engine.unroll import Forward, expand_targets, inner_grad, leaves, sgd_step
+from ddsec.engine.unroll import Forward, expand_targets, heavy_ball, inner_grad, leaves, sgd_step
 
 MODES = ("hvp", "autograd")
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
 class MetaGradient(NamedTuple):
-    """The outer loss and its gradients (``label_logits`` is ``None`` unless labels are learned)."""
+    """The outer loss and its gradients (``label_logits`` and ``raw_momenta`` are ``None`` unless
+    the labels, respectively the momenta, are learned)."""
 
     loss: Tensor
     images: Tensor
     raw_lrs: Tensor
     label_logits: Tensor | None
+    raw_momenta: Tensor | None = None
 
 
 def _targets(synthetic: SyntheticSet, s: int, track: bool) -> tuple[Tensor, Tensor | None]:
@@ -92,11 +100,14 @@ def _hvp(
     keep_graphs: bool,
 ) -> MetaGradient:
     lrs = synthetic.lrs().detach()
+    momenta = None if synthetic.raw_momenta is None else synthetic.momenta().detach()
     images = synthetic.images.detach()
     steps = synthetic.steps
 
-    # Forward: θ_0 … θ_T, plus (θ_t leaf, x̃ leaf, label leaf, G_t with graph) when keeping graphs.
+    # Forward: θ_0 … θ_T (and v_0 = None, v_1 … v_T with momenta), plus (θ_t leaf, x̃ leaf,
+    # label leaf, G_t with graph) when keeping graphs.
     thetas: list[Params] = [{k: v.detach() for k, v in theta0.items()}]
+    velocities: list[tuple[Tensor, ...] | None] = [None]
     kept: list[tuple[Params, Tensor, Tensor | None, tuple[Tensor, ...]]] = []
     for t in range(synthetic.total_steps):
         theta = leaves(thetas[-1])
@@ -105,7 +116,11 @@ def _hvp(
         grads = inner_grad(forward, theta, x, y, create_graph=keep_graphs)
         if keep_graphs:
             kept.append((theta, x, label_leaf, grads))
-        thetas.append({k: v.detach() for k, v in sgd_step(thetas[-1], grads, lrs[t]).items()})
+        direction = grads
+        if momenta is not None:
+            direction = tuple(v.detach() for v in heavy_ball(velocities[-1], grads, momenta[t]))
+            velocities.append(direction)
+        thetas.append({k: v.detach() for k, v in sgd_step(thetas[-1], direction, lrs[t]).items()})
 
     theta_T = leaves(thetas[-1])
     with torch.enable_grad():
@@ -114,7 +129,9 @@ def _hvp(
 
     images_grad = torch.zeros_like(images)
     eta_grad = torch.zeros_like(lrs)
+    mu_grad = None if momenta is None else torch.zeros_like(momenta)
     labels_grad = None if synthetic.label_logits is None else torch.zeros_like(synthetic.label_logits.detach())
+    velocity_adjoint = None  # ∂L/∂v_{t+1}, momenta only
     for t in reversed(range(synthetic.total_steps)):
         s = t % steps
         if keep_graphs:
@@ -124,17 +141,29 @@ def _hvp(
             x = images[s].clone().requires_grad_(True)
             y, label_leaf = _targets(synthetic, s, True)
             grads = inner_grad(forward, theta, x, y, create_graph=True)
-        eta_grad[t] = -sum((G.detach() * gi).sum() for G, gi in zip(grads, g))
+        if momenta is None:  # plain SGD: G_t's adjoint is −η_t g, applied as a scale after the call
+            direction, adjoint, scale = grads, g, -lrs[t]
+        else:
+            direction, scale = velocities[t + 1], 1.0
+            adjoint = (tuple(-lrs[t] * gi for gi in g) if velocity_adjoint is None
+                       else tuple(a - lrs[t] * gi for a, gi in zip(velocity_adjoint, g)))
+        eta_grad[t] = -sum((d.detach() * gi).sum() for d, gi in zip(direction, g))
         inputs = [*theta.values(), x, *([] if label_leaf is None else [label_leaf])]
-        mixed = torch.autograd.grad(grads, inputs, grad_outputs=g, materialize_grads=True)
+        mixed = torch.autograd.grad(grads, inputs, grad_outputs=adjoint, materialize_grads=True)
         hg, xg = mixed[: len(theta)], mixed[len(theta)]
-        images_grad[s] -= lrs[t] * xg
+        images_grad[s] += scale * xg
         if labels_grad is not None:
-            labels_grad[s] -= lrs[t] * mixed[-1]
-        g = tuple(gi - lrs[t] * h for gi, h in zip(g, hg))
+            labels_grad[s] += scale * mixed[-1]
+        g = tuple(gi + scale * h for gi, h in zip(g, hg))
+        if mu_grad is not None:
+            if velocities[t] is not None:
+                mu_grad[t] = sum((v * c).sum() for v, c in zip(velocities[t], adjoint))
+            velocity_adjoint = tuple(momenta[t] * c for c in adjoint)
+            velocities[t + 1] = None
         thetas[t + 1] = {}  # free θ_{t+1} as soon as it is no longer needed
     raw_grad = eta_grad * torch.sigmoid(synthetic.raw_lrs.detach())
-    return MetaGradient(loss.detach(), images_grad, raw_grad, labels_grad)
+    raw_mu_grad = None if mu_grad is None else mu_grad * momenta * (1 - momenta)
+    return MetaGradient(loss.detach(), images_grad, raw_grad, labels_grad, raw_mu_grad)
 
 
 def _autograd(
@@ -148,19 +177,24 @@ def _autograd(
     images = synthetic.images.detach().requires_grad_(True)
     raw = synthetic.raw_lrs.detach().requires_grad_(True)
     logits = None if synthetic.label_logits is None else synthetic.label_logits.detach().requires_grad_(True)
+    raw_mu = None if synthetic.raw_momenta is None else synthetic.raw_momenta.detach().requires_grad_(True)
+    learned = [t for t in (logits, raw_mu) if t is not None]
     with torch.enable_grad():
         lrs = F.softplus(raw)
         theta = leaves(theta0)
+        velocity = None
         for t in range(synthetic.total_steps):
             s = t % synthetic.steps
             y = synthetic.labels[s] if logits is None else torch.softmax(logits[s], dim=-1)
             grads = inner_grad(forward, theta, images[s], y, create_graph=True)
+            if raw_mu is not None:
+                grads = velocity = heavy_ball(velocity, grads, torch.sigmoid(raw_mu[t]))
             theta = sgd_step(theta, grads, lrs[t])
         loss = _outer_loss(forward, theta, x_real, y_real, loss_fn)
-        images_grad, raw_grad, *labels_grad = torch.autograd.grad(
-            loss, [images, raw, *([] if logits is None else [logits])]
-        )
-    return MetaGradient(loss.detach(), images_grad, raw_grad, labels_grad[0] if labels_grad else None)
+        images_grad, raw_grad, *rest = torch.autograd.grad(loss, [images, raw, *learned], materialize_grads=True)
+    labels_grad = rest.pop(0) if logits is not None else None
+    mu_grad = rest.pop(0) if raw_mu is not None else None
+    return MetaGradient(loss.detach(), images_grad, raw_grad, labels_grad, mu_grad)
 
 
 def meta_grads(
@@ -183,7 +217,8 @@ def meta_grads(
         params: ``θ_0`` as from ``model.named_parameters()``, or a population: the same names
             with a leading model dimension ``M`` on every tensor. Treated as constants.
         synthetic: the synthetic set (images ``[S, N, C, H, W]``, labels ``[S, N]``, raw step
-            sizes ``[T]``); gradients are taken w.r.t. its images and raw step sizes.
+            sizes ``[T]``); gradients are taken w.r.t. its images, raw step sizes, and its label
+            logits and raw momenta when those are learned.
         x_real: real inputs ``[B, C, H, W]``, same dtype as the images.
         y_real: targets for ``loss_fn``, e.g. int64 ``[B]``.
         mode: ``"hvp"`` (back-gradient pass) or ``"autograd"`` (reference).
@@ -193,9 +228,10 @@ def meta_grads(
         loss_fn: outer loss on ``(logits [B', K], targets [B'])`` returning the batch mean.
 
     Returns:
-        ``(loss, images, raw_lrs, label_logits)``: the scalar outer loss (averaged over models)
-        and its gradients, shaped like ``synthetic.images``, ``[T]`` and ``synthetic.label_logits``
-        (``None`` when the labels are not learned).
+        ``(loss, images, raw_lrs, label_logits, raw_momenta)``: the scalar outer loss (averaged
+        over models) and its gradients, shaped like ``synthetic.images``, ``[T]``,
+        ``synthetic.label_logits`` and ``[T]`` (``None`` when the labels, respectively the momenta,
+        are not learned).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")

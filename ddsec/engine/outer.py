@@ -34,7 +34,6 @@ from ddsec.engine.synthetic import SyntheticSet
 from ddsec.errors import DDSecError, NonFiniteError
 
 NONFINITE_POLICIES = ("stop", "backoff")
-_TRAINED = ("images", "raw_lrs", "label_logits")  # Adam parameter groups, in order
 
 
 @dataclass(frozen=True)
@@ -69,19 +68,20 @@ class DistillResult:
     backoffs: int = 0
 
 
-def _adam_state(optimizer: torch.optim.Adam) -> dict[str, Tensor]:
+def _adam_state(optimizer: torch.optim.Adam, names: list[str]) -> dict[str, Tensor]:
+    """Adam's state keyed ``"<group name>.<key>"``; ``names`` names the parameter groups in order."""
     flat = {}
     for index, state in optimizer.state_dict()["state"].items():
         for key, value in state.items():
-            flat[f"{_TRAINED[index]}.{key}"] = torch.as_tensor(value)
+            flat[f"{names[index]}.{key}"] = torch.as_tensor(value)
     return flat
 
 
-def _load_adam_state(optimizer: torch.optim.Adam, flat: dict[str, Tensor]) -> None:
+def _load_adam_state(optimizer: torch.optim.Adam, flat: dict[str, Tensor], names: list[str]) -> None:
     state_dict = optimizer.state_dict()
     state_dict["state"] = {
         index: {k.split(".", 1)[1]: v for k, v in flat.items() if k.split(".", 1)[0] == name}
-        for index, name in enumerate(_TRAINED)
+        for index, name in enumerate(names)
         if any(k.split(".", 1)[0] == name for k in flat)
     }
     optimizer.load_state_dict(state_dict)
@@ -100,6 +100,7 @@ def distill(
     lr: float = 0.01,
     lr_step_sizes: float | None = None,
     lr_labels: float | None = None,
+    lr_momenta: float | None = None,
     betas: tuple[float, float] = (0.5, 0.999),
     decay_every: int | None = None,
     decay_factor: float = 0.5,
@@ -115,7 +116,7 @@ def distill(
     max_backoffs: int = 5,
     on_progress: Callable[[Progress], None] | None = None,
 ) -> DistillResult:
-    """Learn ``synthetic``'s images and step sizes (and its labels, if learnable) for ``objective``.
+    """Learn ``synthetic``'s images and step sizes (and its labels and momenta, if learnable) for ``objective``.
 
     Args:
         objective: model, ``p(θ0)``, real batches and outer loss.
@@ -126,6 +127,8 @@ def distill(
         lr_step_sizes: Adam learning rate for the raw step sizes (default ``lr``).
         lr_labels: Adam learning rate for ``synthetic.label_logits`` when the labels are learned
             (default ``lr``).
+        lr_momenta: Adam learning rate for ``synthetic.raw_momenta`` when the momenta are learned
+            (default ``lr_step_sizes``, else ``lr``).
         betas: Adam betas; the paper uses (0.5, 0.999).
         decay_every: multiply every learning rate by ``decay_factor`` every this many iterations.
         decay_factor: see ``decay_every``.
@@ -155,10 +158,17 @@ def distill(
     images = synthetic.images.detach().clone().requires_grad_(True)
     raw_lrs = synthetic.raw_lrs.detach().clone().requires_grad_(True)
     logits = None if synthetic.label_logits is None else synthetic.label_logits.detach().clone().requires_grad_(True)
-    current = SyntheticSet(images, synthetic.labels.detach().clone(), raw_lrs, synthetic.epochs, logits)
+    momenta = None if synthetic.raw_momenta is None else synthetic.raw_momenta.detach().clone().requires_grad_(True)
+    current = SyntheticSet(images, synthetic.labels.detach().clone(), raw_lrs, synthetic.epochs, logits, momenta)
     groups = [{"params": [images], "lr": lr}, {"params": [raw_lrs], "lr": lr_step_sizes or lr}]
+    names = ["images", "raw_lrs"]
     if logits is not None:
         groups.append({"params": [logits], "lr": lr_labels or lr})
+        names.append("label_logits")
+    if momenta is not None:
+        groups.append({"params": [momenta], "lr": lr_momenta or lr_step_sizes or lr})
+        names.append("raw_momenta")
+    learned = [t for t in (logits, momenta) if t is not None]  # the optional trained tensors, in order
     optimizer = torch.optim.Adam(groups, betas=betas)
     base_lrs = [group["lr"] for group in optimizer.param_groups]
     generator = torch.Generator().manual_seed(seed)
@@ -174,28 +184,27 @@ def distill(
                 f"checkpoint {checkpoint_path} was made with other settings ({', '.join(changed)});"
                 " rerun with the same options, or start over without --resume"
             )
-        saved_logits = state.synthetic.label_logits
-        if (state.synthetic.images.shape != images.shape or state.synthetic.raw_lrs.shape != raw_lrs.shape
-                or (saved_logits is None) != (logits is None)
-                or (logits is not None and saved_logits.shape != logits.shape)):
+        saved = state.synthetic
+        pairs = [(saved.images, images), (saved.raw_lrs, raw_lrs), (saved.label_logits, logits),
+                 (saved.raw_momenta, momenta)]
+        if any((old is None) != (new is None) or (new is not None and old.shape != new.shape) for old, new in pairs):
             raise DDSecError(f"checkpoint {checkpoint_path} holds a set of another shape; start over without --resume")
         with torch.no_grad():
-            images.copy_(state.synthetic.images)
-            raw_lrs.copy_(state.synthetic.raw_lrs)
-            if logits is not None:
-                logits.copy_(saved_logits)
-        _load_adam_state(optimizer, state.adam)
+            for old, new in pairs:
+                if new is not None:
+                    new.copy_(old)
+        _load_adam_state(optimizer, state.adam, names)
         generator.set_state(state.generator_state)
         losses = state.losses.tolist()
         lr_scale, start = state.lr_scale, state.iteration
 
     def snapshot(iteration: int) -> LoopState:
-        return LoopState(current, _adam_state(optimizer), generator.get_state(), iteration,
+        return LoopState(current, _adam_state(optimizer, names), generator.get_state(), iteration,
                          torch.tensor(losses, dtype=torch.float32), lr_scale, fingerprint)
 
     here = world()
     if here.size > 1:
-        broadcast_([t for t in (images, raw_lrs, logits) if t is not None])
+        broadcast_([images, raw_lrs, *learned])
         on_progress = on_progress if here.is_main else None
 
     def checkpoint(iteration: int) -> None:
@@ -214,15 +223,16 @@ def distill(
                 generator.manual_seed(iteration_seed(seed, iteration, here))
             x_real, y_real = objective.real_batch(generator)
             params = objective.init.sample(n_models, generator)
-            loss, images_grad, raw_grad, labels_grad = meta_grads(
+            loss, images_grad, raw_grad, *learned_grads = meta_grads(
                 model, params, current, x_real, y_real, mode=mode, keep_graphs=keep_graphs,
                 batching=batching, loss_fn=objective.outer_loss,
             )
+            learned_grads = [grad for grad in learned_grads if grad is not None]  # in the order of `learned`
             if here.size > 1:
-                loss, images_grad, raw_grad, *rest = all_reduce_mean(
-                    [loss.reshape(1), images_grad, raw_grad, *([] if labels_grad is None else [labels_grad])])
-                loss, labels_grad = loss[0], (rest[0] if rest else None)
-            if not _finite(loss, images_grad, raw_grad, *([] if labels_grad is None else [labels_grad])):
+                loss, images_grad, raw_grad, *learned_grads = all_reduce_mean(
+                    [loss.reshape(1), images_grad, raw_grad, *learned_grads])
+                loss = loss[0]
+            if not _finite(loss, images_grad, raw_grad, *learned_grads):
                 backoffs_in_a_row += 1
                 total_backoffs += 1
                 if on_nonfinite == "stop" or backoffs_in_a_row > max_backoffs:
@@ -238,8 +248,8 @@ def distill(
                 continue
             backoffs_in_a_row = 0
             images.grad, raw_lrs.grad = images_grad, raw_grad
-            if logits is not None:
-                logits.grad = labels_grad
+            for tensor, grad in zip(learned, learned_grads):
+                tensor.grad = grad
             optimizer.step()
             iteration += 1
             losses.append(float(loss))

@@ -4,6 +4,10 @@ Wang et al., "Dataset Distillation" (arXiv 1811.10959), §3: ``S`` distinct step
 ``N = classes × ipc`` images with fixed class-major labels, applied for ``E`` epochs, so the inner
 loop runs ``T = S·E`` steps, step ``t`` using batch ``t mod S`` and step size
 ``η_t = softplus(ρ_t) > 0``.
+
+Optionally the inner loop is SGD with a learned momentum per step, ``μ_t = sigmoid(κ_t) ∈ (0, 1)``:
+``v_{t+1} = μ_t v_t + g_t``, ``θ_{t+1} = θ_t − η_t v_{t+1}``, ``v_0 = 0`` (PyTorch's SGD with
+``dampening=0``; ``μ_0`` meets the zero velocity and has no effect).
 """
 
 from __future__ import annotations
@@ -21,6 +25,13 @@ def inverse_softplus(value: float) -> float:
     if value <= 0:
         raise ValueError(f"a step size must be positive, got {value}")
     return value + math.log(-math.expm1(-value))
+
+
+def logit(value: float) -> float:
+    """The raw value ``κ`` with ``sigmoid(κ) == value`` (``0 < value < 1``)."""
+    if not 0 < value < 1:
+        raise ValueError(f"a momentum must lie in (0, 1), got {value}")
+    return math.log(value / (1 - value))
 
 
 def class_major_labels(num_classes: int, ipc: int, steps: int) -> Tensor:
@@ -41,6 +52,8 @@ class SyntheticSet:
         label_logits: optional float ``[S, N, K]``: learnable labels. When given, the inner steps
             use the soft targets ``softmax(label_logits)`` instead of ``labels`` (which then only
             record the class layout the set started from).
+        raw_momenta: optional float ``[T]``: learned inner momentum; the inner loop is then SGD
+            with momentum ``sigmoid(raw_momenta[t])`` at step ``t`` instead of plain SGD.
     """
 
     images: Tensor
@@ -48,6 +61,7 @@ class SyntheticSet:
     raw_lrs: Tensor
     epochs: int = 1
     label_logits: Tensor | None = None
+    raw_momenta: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.images.dim() != 5:
@@ -70,6 +84,8 @@ class SyntheticSet:
                 f"raw_lrs must be [T] with T = S·epochs = {steps * self.epochs},"
                 f" got {tuple(self.raw_lrs.shape)}"
             )
+        if self.raw_momenta is not None and tuple(self.raw_momenta.shape) != tuple(self.raw_lrs.shape):
+            raise ValueError(f"raw_momenta must be [T={steps * self.epochs}], got {tuple(self.raw_momenta.shape)}")
 
     @classmethod
     def create(
@@ -100,12 +116,17 @@ class SyntheticSet:
         return cls(images, labels, raw, epochs)
 
     @classmethod
-    def from_lrs(cls, images: Tensor, labels: Tensor, lrs: Tensor, epochs: int) -> SyntheticSet:
-        """A set from positive step sizes ``lrs [T]`` (as exported) instead of raw values."""
+    def from_lrs(
+        cls, images: Tensor, labels: Tensor, lrs: Tensor, epochs: int, momenta: Tensor | None = None
+    ) -> SyntheticSet:
+        """A set from positive step sizes ``lrs [T]`` and momenta ``[T]`` in ``(0, 1)`` (as
+        exported) instead of raw values."""
         if not bool((lrs > 0).all()):
             raise ValueError("step sizes must be positive")
+        if momenta is not None and not bool(((momenta > 0) & (momenta < 1)).all()):
+            raise ValueError("momenta must lie in (0, 1)")
         raw = lrs + torch.log(-torch.expm1(-lrs))
-        return cls(images, labels, raw, epochs)
+        return cls(images, labels, raw, epochs, raw_momenta=None if momenta is None else torch.logit(momenta))
 
     @property
     def steps(self) -> int:
@@ -121,6 +142,10 @@ class SyntheticSet:
         """The positive step sizes ``softplus(raw_lrs)``: ``[T]``."""
         return F.softplus(self.raw_lrs)
 
+    def momenta(self) -> Tensor | None:
+        """The inner momenta ``sigmoid(raw_momenta)``: ``[T]``, or ``None`` for plain SGD."""
+        return None if self.raw_momenta is None else torch.sigmoid(self.raw_momenta)
+
     def targets(self, s: int) -> Tensor:
         """The inner-loss targets of step batch ``s``: ``labels[s]`` (``[N]`` or ``[N, K]``), or
         ``softmax(label_logits[s])`` ``[N, K]`` when the labels are learned."""
@@ -134,7 +159,9 @@ class SyntheticSet:
     def detached(self) -> SyntheticSet:
         """The same set with every tensor detached (constants for evaluation)."""
         logits = None if self.label_logits is None else self.label_logits.detach()
-        return SyntheticSet(self.images.detach(), self.labels.detach(), self.raw_lrs.detach(), self.epochs, logits)
+        momenta = None if self.raw_momenta is None else self.raw_momenta.detach()
+        return SyntheticSet(self.images.detach(), self.labels.detach(), self.raw_lrs.detach(), self.epochs, logits,
+                            momenta)
 
     def with_learnable_labels(self, num_classes: int, confidence: float = 0.9) -> SyntheticSet:
         """This set with ``label_logits`` initialised so that each image's own class gets probability
@@ -145,7 +172,12 @@ class SyntheticSet:
             raise ValueError(f"confidence must lie in (1/K, 1), got {confidence}")
         gap = math.log(confidence * (num_classes - 1) / (1 - confidence))
         logits = F.one_hot(self.labels, num_classes).to(self.images.dtype) * gap
-        return SyntheticSet(self.images, self.labels, self.raw_lrs, self.epochs, logits)
+        return SyntheticSet(self.images, self.labels, self.raw_lrs, self.epochs, logits, self.raw_momenta)
+
+    def with_learnable_momentum(self, momentum: float) -> SyntheticSet:
+        """This set with a learned inner momentum, every step starting at ``momentum`` in (0, 1)."""
+        raw = torch.full_like(self.raw_lrs, logit(momentum))
+        return SyntheticSet(self.images, self.labels, self.raw_lrs, self.epochs, self.label_logits, raw)
 
     def soft_labels(self) -> Tensor:
         """The labels to export: ``labels``, or ``softmax(label_logits)`` ``[S, N, K]`` when learned."""

@@ -2,7 +2,8 @@
 
 ``θ_{t+1} = θ_t − η_t ∇_θ ℓ(f(x̃_{t mod S}; θ_t), ỹ_{t mod S})`` (Wang et al., arXiv 1811.10959,
 eq. 2), for a whole population of models at once. Parameters are plain ``dict[str, Tensor]``
-used through ``torch.func.functional_call``; nothing is updated in place.
+used through ``torch.func.functional_call``; nothing is updated in place. With learned momenta
+the step direction is the velocity ``v_{t+1} = μ_t v_t + g_t`` (``v_0 = 0``) instead of ``g_t``.
 """
 
 from __future__ import annotations
@@ -57,6 +58,13 @@ def sgd_step(theta: Params, grads: tuple[Tensor, ...], lr: Tensor) -> Params:
     return {k: v - lr * g for (k, v), g in zip(theta.items(), grads)}
 
 
+def heavy_ball(velocity: tuple[Tensor, ...] | None, grads: tuple[Tensor, ...], momentum: Tensor) -> tuple[Tensor, ...]:
+    """The new velocity ``μ·v + g`` (just ``g`` when there is no velocity yet), out of place."""
+    if velocity is None:
+        return grads
+    return tuple(momentum * v + g for v, g in zip(velocity, grads))
+
+
 def leaves(theta: Params) -> Params:
     """Detached copies of ``theta`` that require grad (fresh autograd leaves)."""
     return {k: v.detach().requires_grad_(True) for k, v in theta.items()}
@@ -81,12 +89,16 @@ def unroll(
         ``θ_T``, detached, ``[M, …]`` tensors.
     """
     lrs = synthetic.lrs().detach()
+    momenta = synthetic.momenta()
     theta = {k: v.detach() for k, v in params.items()}
+    velocity = None
     for t in range(synthetic.total_steps):
         if on_step is not None:
             on_step(t, theta)
         x, y = synthetic.batch(t)
         grads = inner_grad(forward, leaves(theta), x.detach(), y.detach(), create_graph=False)
+        if momenta is not None:
+            grads = velocity = tuple(v.detach() for v in heavy_ball(velocity, grads, momenta[t].detach()))
         theta = {k: v.detach() for k, v in sgd_step(theta, grads, lrs[t]).items()}
     if on_step is not None:
         on_step(synthetic.total_steps, theta)

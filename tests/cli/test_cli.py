@@ -68,6 +68,21 @@ def test_fixed_init_runs_and_evaluates_on_its_init(tmp_path):
     assert last_json(again.stdout)["eval"]["acc_mean"] == pytest.approx(last_json(result.stdout)["eval"]["acc_mean"])
 
 
+def test_learned_momentum_is_exported_shown_and_replayed(tmp_path):
+    out = tmp_path / "momentum.safetensors"
+    result = runner.invoke(app, ["distill", *TINY, "--init", "fixed", "--momentum", "0.5", "--lr-momenta", "0.1",
+                                 "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    dset = load_distilled(out)
+    assert dset.momenta.shape == (2,) and dset.momenta[0] == pytest.approx(0.5)  # μ_0 meets v_0 = 0: never moves
+    assert dset.momenta[1] != pytest.approx(0.5)
+    shown = runner.invoke(app, ["show", str(out), "--png", str(tmp_path / "g.png"), "--json"])
+    assert last_json(shown.stdout)["momenta"] == pytest.approx(dset.momenta.tolist())
+    again = runner.invoke(app, ["eval", str(out), "--json"])  # the fixed init: the same model, the same steps
+    assert again.exit_code == 0, again.output
+    assert last_json(again.stdout)["eval"]["acc_mean"] == pytest.approx(last_json(result.stdout)["eval"]["acc_mean"])
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -78,6 +93,8 @@ def test_fixed_init_runs_and_evaluates_on_its_init(tmp_path):
         (["distill", "--init", "pretrained"], "--weights"),
         (["distill", "--device", "tpu"], "--device"),
         (["distill", "--eval-every", "-5"], "--eval-every must be 0 (never) or positive"),
+        (["distill", "--momentum", "1"], "--momentum must lie in [0, 1)"),
+        (["distill", "--method", "dc", "--momentum", "0.5"], "--momentum"),
     ],
 )
 def test_user_errors_are_one_line_exit_1(args, message):

@@ -32,7 +32,8 @@ def test_label_gradient_matches_autograd(tiny_cnn, learned, real_batch, keep_gra
     hvp = meta_grads(tiny_cnn, params, learned, *real_batch, keep_graphs=keep_graphs)
     ref = meta_grads(tiny_cnn, params, learned, *real_batch, mode="autograd")
     assert hvp.label_logits.shape == learned.label_logits.shape and hvp.label_logits.abs().sum() > 0
-    for a, b in zip(hvp, ref):
+    assert hvp.raw_momenta is None and ref.raw_momenta is None
+    for a, b in zip(hvp[:4], ref[:4]):
         assert torch.allclose(a, b, atol=1e-12, rtol=1e-9)
     assert len(meta_grad(tiny_cnn, params, learned, *real_batch)) == 3
 
