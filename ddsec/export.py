@@ -287,12 +287,18 @@ def _check_labels(labels: object, images: Tensor, num_classes: int) -> None:
         )
 
 
-def _check_lrs(lrs: object, steps: int, epochs: int) -> None:
-    lrs = _check_tensor("lrs", lrs, torch.float32, 1)
-    if lrs.shape[0] != steps * epochs:
+def _check_per_step(name: str, value: object, steps: int, epochs: int) -> Tensor:
+    """``value`` as a float32 ``[steps·epochs]`` tensor, one entry per inner step."""
+    tensor = _check_tensor(name, value, torch.float32, 1)
+    if tensor.shape[0] != steps * epochs:
         raise _Problem(
-            f"lrs has {lrs.shape[0]} entries but steps*epochs = {steps}*{epochs} = {steps * epochs}"
+            f"{name} has {tensor.shape[0]} entries but steps*epochs = {steps}*{epochs} = {steps * epochs}"
         )
+    return tensor
+
+
+def _check_lrs(lrs: object, steps: int, epochs: int) -> None:
+    lrs = _check_per_step("lrs", lrs, steps, epochs)
     if not torch.isfinite(lrs).all():
         raise _Problem("lrs contain NaN or inf")
     if (lrs <= 0).any():
@@ -300,9 +306,7 @@ def _check_lrs(lrs: object, steps: int, epochs: int) -> None:
 
 
 def _check_momenta(momenta: object, steps: int, epochs: int) -> None:
-    momenta = _check_tensor("momenta", momenta, torch.float32, 1)
-    if momenta.shape[0] != steps * epochs:
-        raise _Problem(f"momenta has {momenta.shape[0]} entries but steps*epochs = {steps * epochs}")
+    momenta = _check_per_step("momenta", momenta, steps, epochs)
     if not bool(((momenta > 0) & (momenta < 1)).all()):
         raise _Problem("momenta must lie in (0, 1)")
 

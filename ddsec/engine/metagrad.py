@@ -155,7 +155,7 @@ def _hvp(
         if labels_grad is not None:
             labels_grad[s] += scale * mixed[-1]
         g = tuple(gi + scale * h for gi, h in zip(g, hg))
-        if mu_grad is not None:
+        if momenta is not None:
             if velocities[t] is not None:
                 mu_grad[t] = sum((v * c).sum() for v, c in zip(velocities[t], adjoint))
             velocity_adjoint = tuple(momenta[t] * c for c in adjoint)

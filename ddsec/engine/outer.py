@@ -160,15 +160,14 @@ def distill(
     logits = None if synthetic.label_logits is None else synthetic.label_logits.detach().clone().requires_grad_(True)
     momenta = None if synthetic.raw_momenta is None else synthetic.raw_momenta.detach().clone().requires_grad_(True)
     current = SyntheticSet(images, synthetic.labels.detach().clone(), raw_lrs, synthetic.epochs, logits, momenta)
-    groups = [{"params": [images], "lr": lr}, {"params": [raw_lrs], "lr": lr_step_sizes or lr}]
-    names = ["images", "raw_lrs"]
-    if logits is not None:
-        groups.append({"params": [logits], "lr": lr_labels or lr})
-        names.append("label_logits")
-    if momenta is not None:
-        groups.append({"params": [momenta], "lr": lr_momenta or lr_step_sizes or lr})
-        names.append("raw_momenta")
-    learned = [t for t in (logits, momenta) if t is not None]  # the optional trained tensors, in order
+    # Every trainable tensor by its SyntheticSet attribute name (also its checkpoint key), with its
+    # Adam rate; the optional ones are None when not learned.
+    slots = [("images", images, lr), ("raw_lrs", raw_lrs, lr_step_sizes or lr), ("label_logits", logits, lr_labels or lr),
+             ("raw_momenta", momenta, lr_momenta or lr_step_sizes or lr)]
+    trained = [(name, tensor, rate) for name, tensor, rate in slots if tensor is not None]
+    names = [name for name, _, _ in trained]
+    learned = [tensor for _, tensor, _ in trained[2:]]  # the optional trained tensors, in order
+    groups = [{"params": [tensor], "lr": rate} for _, tensor, rate in trained]
     optimizer = torch.optim.Adam(groups, betas=betas)
     base_lrs = [group["lr"] for group in optimizer.param_groups]
     generator = torch.Generator().manual_seed(seed)
@@ -184,9 +183,7 @@ def distill(
                 f"checkpoint {checkpoint_path} was made with other settings ({', '.join(changed)});"
                 " rerun with the same options, or start over without --resume"
             )
-        saved = state.synthetic
-        pairs = [(saved.images, images), (saved.raw_lrs, raw_lrs), (saved.label_logits, logits),
-                 (saved.raw_momenta, momenta)]
+        pairs = [(getattr(state.synthetic, name), tensor) for name, tensor, _ in slots]
         if any((old is None) != (new is None) or (new is not None and old.shape != new.shape) for old, new in pairs):
             raise DDSecError(f"checkpoint {checkpoint_path} holds a set of another shape; start over without --resume")
         with torch.no_grad():
