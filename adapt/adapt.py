@@ -9,6 +9,9 @@ population of source models (``--init population``, evaluated on held-out source
 seen while distilling). Each domain keeps its own normalisation statistics, as a user's
 pipeline would.
 
+``usps-pooled`` is USPS with both official splits pooled and re-split 80/20 at random, the kind
+of split the paper's Table 2 used (its test split is easier than the official one).
+
 Digit pairs share one input shape: 28 px grey for MNIST ↔ USPS, 32 px RGB whenever SVHN is
 involved (MNIST and USPS then repeated to 3 channels, as the reference did). Upsampled USPS
 digits are framed like MNIST's (a 20/28 box centred on background), so both domains show digits
@@ -33,8 +36,13 @@ from ddsec.models_zoo import load_population, load_weights
 from ddsec.models_zoo.train import TrainRecipe, population_accuracy, train_group
 from ddsec.models_zoo.zoo import check_fits, entry_name, resolve_pair
 
-DIGIT_DOMAINS = ("mnist", "usps", "svhn")
+DIGIT_DOMAINS = ("mnist", "usps", "usps-pooled", "svhn")
 ADAPT_INITS = ("population", "fixed")
+
+
+def _domain(name: str) -> str:
+    """The domain a digit dataset belongs to: ``usps-pooled`` is USPS re-split."""
+    return "usps" if name == "usps-pooled" else name
 
 
 def pair_shape(source: str, target: str, image_size: int | None = None) -> tuple[int, int]:
@@ -58,7 +66,7 @@ def source_entry(source: str, model: str, image_size: int, channels: int) -> str
     info = dataset_info(source)
     if (image_size, channels) == (info.image_size, info.channels):
         return entry_name(source, model)
-    framed = "-framed" if source == "usps" and usps_framed(image_size) else ""
+    framed = "-framed" if _domain(source) == "usps" and usps_framed(image_size) else ""
     return f"{entry_name(source, model)}-{image_size}px{channels}c{framed}"
 
 
@@ -90,8 +98,9 @@ class AdaptConfig(DistillConfig):
         for flag, domain in (("--src", self.src), ("--tgt", self.tgt)):
             if domain not in DIGIT_DOMAINS:
                 raise DDSecError(f"{flag} must be imagenet or one of {', '.join(DIGIT_DOMAINS)}, got {domain!r}")
-        if self.src == self.tgt:
-            raise DDSecError(f"--src and --tgt are both {self.src!r}; adaptation needs two domains")
+        if _domain(self.src) == _domain(self.tgt):
+            raise DDSecError(f"--src {self.src} and --tgt {self.tgt} are the same domain ({_domain(self.src)});"
+                             " adaptation needs two domains")
 
     def fingerprint(self) -> dict:
         return {**super().fingerprint(), "src": self.src, "tgt": self.tgt}

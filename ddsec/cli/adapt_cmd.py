@@ -16,8 +16,8 @@ from ddsec.errors import DDSecError
 
 @user_errors
 def adapt(
-    src: str = typer.Option(..., help="Source domain the models were trained on: mnist | usps | svhn | imagenet."),
-    tgt: str = typer.Option(..., help="Target domain: mnist | usps | svhn (digit sources) or voc | cub (imagenet)."),
+    src: str = typer.Option(..., help="Source domain the models were trained on: mnist | usps | usps-pooled | svhn | imagenet."),
+    tgt: str = typer.Option(..., help="Target domain: mnist | usps | usps-pooled | svhn (digit sources) or voc | cub (imagenet)."),
     data_dir: Optional[str] = O.DATA_DIR,
     download: bool = O.DOWNLOAD,
     model: Optional[str] = typer.Option(None, help="Registered model (default lenet; alexnet for imagenet)."),

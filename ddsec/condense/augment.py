@@ -37,7 +37,7 @@ from ddsec.errors import DDSecError
 
 OPERATIONS = ("color", "crop", "cutout", "flip", "scale", "rotate")
 """Every DSA operation, in the order of the paper's full strategy."""
-DIGIT_DATASETS = ("digits", "mnist", "usps", "svhn")
+DIGIT_DATASETS = ("digits", "mnist", "usps", "usps-pooled", "svhn")
 """Datasets whose default strategy has no ``flip``."""
 
 BRIGHTNESS, SATURATION, CONTRAST = 1.0, 2.0, 0.5

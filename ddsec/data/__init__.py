@@ -35,6 +35,7 @@ from ddsec.data.torchvision_sets import (
     load_mnist,
     load_svhn,
     load_usps,
+    load_usps_pooled,
     usps_framed,
 )
 from ddsec.data.voc import VOC_INFO, load_voc
@@ -66,6 +67,7 @@ _DATASETS: dict[str, _Entry] = {
     "digits": _Entry(load_digits, _fixed(DIGITS_INFO)),
     "mnist": _Entry(load_mnist, _fixed(MNIST_INFO)),
     "usps": _Entry(load_usps, _fixed(USPS_INFO)),
+    "usps-pooled": _Entry(load_usps_pooled, _fixed(USPS_INFO)),
     "svhn": _Entry(load_svhn, _fixed(SVHN_INFO)),
     "cifar10": _Entry(load_cifar10, _fixed(CIFAR10_INFO)),
     "voc": _Entry(load_voc, _fixed(VOC_INFO)),
@@ -117,7 +119,7 @@ def load_dataset(
 
     Args:
         name: A name from :func:`list_datasets` (case-insensitive): ``digits``, ``mnist``,
-            ``usps``, ``svhn``, ``cifar10``, ``voc``, ``cub``, ``imagefolder``.
+            ``usps``, ``usps-pooled``, ``svhn``, ``cifar10``, ``voc``, ``cub``, ``imagefolder``.
         train: Training split if true, else test split.
         root: Data root for the named datasets (default :func:`data_root`); for
             ``imagefolder``, the tree root (required). Ignored by ``digits``.

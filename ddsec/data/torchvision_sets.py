@@ -14,6 +14,10 @@ svhn       ``<root>/svhn/{train,test}_32x32.mat``                             3x
 cifar10    ``<root>/cifar-10-batches-py/`` (python version)                   3x32x32, 50k/10k
 =========  =================================================================  ==================
 
+``usps-pooled`` reads the same two USPS files, pools them and re-splits them 80/20 at random
+(7,438 / 1,860), the kind of split the paper's adaptation experiments used
+(:func:`load_usps_pooled`).
+
 Nothing is fetched unless ``download=True``, which uses torchvision's own URLs and checksums
 (torchvision reports download progress on stdout/stderr itself). MNIST and CIFAR-10 are read
 through the torchvision dataset's whole-array attributes (``.data``, ``.targets``), never item
@@ -41,6 +45,7 @@ from __future__ import annotations
 
 import bz2
 import os
+from dataclasses import replace
 from pathlib import Path
 from collections.abc import Callable
 from typing import Any
@@ -62,6 +67,7 @@ __all__ = [
     "load_mnist",
     "load_svhn",
     "load_usps",
+    "load_usps_pooled",
     "read_svhn_mat",
     "read_usps_libsvm",
     "usps_framed",
@@ -78,6 +84,10 @@ USPS_STATS = ((0.2545,), (0.3846,))  # computed on the 7,291 training images
 USPS_FRAMED_STATS = ((0.1297,), (0.2811,))  # the same images framed like MNIST at 28 px (32 px: 0.1314 / 0.2831)
 USPS_BOX = 20 / 28
 """Side of the box a USPS digit fills when loaded larger than 16 px, as a fraction of the side: MNIST's."""
+USPS_POOLED_TRAIN = 0.8
+"""Share of the pooled 9,298 USPS images in ``usps-pooled``'s training split (7,438, as CoGAN's pkl)."""
+USPS_POOLED_SEED = 2018
+"""Seed of the permutation that splits the pooled USPS images."""
 SVHN_STATS = ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970))
 CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
 
@@ -284,6 +294,38 @@ def load_usps(
     return _load_split_file("usps", USPS.split_list, read_framed if framed else read_usps_libsvm,
                             USPS_FRAMED_STATS if framed else USPS_STATS, train=train, root=root,
                             download=download, image_size=image_size, channels=channels)
+
+
+def load_usps_pooled(
+    *,
+    train: bool = True,
+    root: str | os.PathLike[str] | None = None,
+    download: bool = False,
+    image_size: int | None = None,
+    channels: int | None = None,
+) -> ImageDataset:
+    """USPS with its two official splits pooled and re-split at random, 7,438 train / 1,860 test.
+
+    The paper's adaptation experiments read USPS from CoGAN's ``usps_28x28.pkl``: all 9,298
+    images split 80/20 at random rather than the official 7,291 / 2,007 split, whose test
+    writers are notably harder. This loader builds a split of the same kind from the official
+    files (the pkl's own draw is not reproducible without the file): the pool is the official
+    training then test images, permuted by a ``torch.Generator`` seeded with
+    :data:`USPS_POOLED_SEED`. Arguments, files, framing and normalisation are those of
+    :func:`load_usps`.
+
+    Returns:
+        images float32 ``[N, channels, S, S]``, labels int64 ``[N]`` in 0..9 (``N`` = 7,438 or 1,860
+        for the full files; 80 % / 20 % of the pool for other copies).
+    """
+    parts = [load_usps(train=split, root=root, download=download, image_size=image_size, channels=channels)
+             for split in (True, False)]
+    images = torch.cat([part.images for part in parts])
+    labels = torch.cat([part.labels for part in parts])
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(USPS_POOLED_SEED))
+    cut = round(USPS_POOLED_TRAIN * len(labels))
+    keep = order[:cut] if train else order[cut:]
+    return replace(parts[0], name="usps-pooled", images=images[keep], labels=labels[keep])
 
 
 def read_svhn_mat(path: str | os.PathLike[str]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,12 +22,14 @@ def test_pair_shapes_and_entry_names():
     assert pair_shape("mnist", "usps") == (28, 1) and pair_shape("svhn", "mnist") == (32, 3)
     assert source_entry("mnist", "lenet", 28, 1) == "mnist-lenet"
     assert source_entry("usps", "lenet", 28, 1) == "usps-lenet-28px1c-framed"
+    assert source_entry("usps-pooled", "lenet", 28, 1) == "usps-pooled-lenet-28px1c-framed"
     assert source_entry("mnist", "lenet", 32, 3) == "mnist-lenet-32px3c"
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"src": "mnist", "tgt": "mnist"}, "both 'mnist'"),
-    ({"src": "cifar10", "tgt": "mnist"}, "--src must be imagenet or one of mnist, usps, svhn"),
+    ({"src": "mnist", "tgt": "mnist"}, r"same domain \(mnist\)"),
+    ({"src": "usps", "tgt": "usps-pooled"}, r"same domain \(usps\)"),
+    ({"src": "cifar10", "tgt": "mnist"}, "--src must be imagenet or one of mnist, usps, usps-pooled, svhn"),
     ({"init": "random"}, "--init must be population or fixed"),
     ({"steps": 0}, "--steps must be at least 1"),
 ])
@@ -84,7 +86,7 @@ def test_adapt_cli_json(usps_zoo, data_root, tmp_path):
     assert set(payload["eval"]) >= {"acc_before_mean", "acc_mean", "acc_std"}
     assert load_distilled(out).meta.source == "usps"
     bad = runner.invoke(app, ["adapt", "--src", "usps", "--tgt", "usps", "--quiet"])
-    assert bad.exit_code == 1 and "both 'usps'" in bad.output
+    assert bad.exit_code == 1 and "same domain (usps)" in bad.output
 
 
 @pytest.mark.realdata

@@ -52,7 +52,7 @@ def test_digits_conversion():
 
 
 def test_registry():
-    assert list_datasets() == sorted(["digits", "mnist", "usps", "svhn", "cifar10", "imagefolder", "voc", "cub"])
+    assert list_datasets() == sorted(["digits", "mnist", "usps", "usps-pooled", "svhn", "cifar10", "imagefolder", "voc", "cub"])
     assert dataset_info("digits") == (1, 28, 10)
     assert dataset_info("MNIST") == (1, 28, 10)
     assert dataset_info("usps") == (1, 16, 10)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ddsec.data import dataset_info, load_dataset
+from ddsec.data import dataset_info, list_datasets, load_dataset
 from ddsec.errors import DataNotFoundError, DDSecError, FormatError
 
 
@@ -104,6 +104,25 @@ def test_usps_upsampled_is_framed_like_mnist(tmp_path):
     assert pixels[..., border].abs().max() < 1e-5
     assert pixels[..., 4:24, 4:24].std() > 0.15  # the random pixels, upsampled from 16 to 20 px
     assert ds.mean == (0.1297,) and ds.std == (0.2811,)  # the framed training split's statistics
+
+
+def test_usps_pooled_resplits_both_files_80_20(tmp_path):
+    write_usps_libsvm(tmp_path / "usps" / "usps.bz2", n=15)
+    write_usps_libsvm(tmp_path / "usps" / "usps.t.bz2", n=5)
+    official = [load_dataset("usps", root=tmp_path, train=split, image_size=28) for split in (True, False)]
+    pooled = [load_dataset("usps-pooled", root=tmp_path, train=split, image_size=28) for split in (True, False)]
+    assert [len(ds.labels) for ds in pooled] == [16, 4]
+    assert all(ds.name == "usps-pooled" and ds.mean == official[0].mean for ds in pooled)
+    key = torch.randn(28 * 28)  # the two splits hold exactly the pooled images, each once
+
+    def rows(parts):
+        images = torch.cat([ds.images for ds in parts]).flatten(1)
+        return torch.sort(images @ key).values
+
+    assert torch.allclose(rows(pooled), rows(official))
+    again = load_dataset("usps-pooled", root=tmp_path, train=False, image_size=28)
+    assert torch.equal(again.images, pooled[1].images)  # a fixed permutation, not a fresh draw
+    assert "usps-pooled" in list_datasets()
 
 
 def test_usps_sparse_lines_and_bad_files(tmp_path):
