@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from ddsec.data import ImageDataset, dataset_info, load_dataset, usps_framed
-from ddsec.distill import DistillConfig, DistillJob, build_model, resolve_device
+from ddsec.distill import DistillConfig, DistillJob, build_model, fit_to_populations, resolve_device
 from ddsec.engine import FixedInit, PopulationInit, select, world
 from ddsec.adapt.imagenet import IMAGENET_SIZE, IMAGENET_TARGETS, imagenet_alexnet, require_weights
 from ddsec.errors import DDSecError
@@ -144,7 +144,7 @@ def prepare_adapt(cfg: AdaptConfig, train_entry: Callable[[str, int, int], None]
         fixed = FixedInit(dict(model.named_parameters()), kind="pretrained")
         base = DistillConfig(**{k: v for k, v in asdict(cfg).items() if k in DistillConfig.__dataclass_fields__}
                              | {"dataset": cfg.tgt, "model": "alexnet"})
-        return DistillJob(base, train, test, model, fixed, fixed, device)
+        return DistillJob(base, train, test, model, fixed, fixed, device, _fingerprint(cfg, base))
     train, test = load_dataset(cfg.tgt, train=True, **shape), load_dataset(cfg.tgt, train=False, **shape)
     train_path, heldout_path = _source_paths(cfg, size, channels, train_entry)
     model = build_model(cfg.model, train).to(device)
@@ -155,13 +155,17 @@ def prepare_adapt(cfg: AdaptConfig, train_entry: Callable[[str, int, int], None]
         params = dict(one.named_parameters()) if one is not None else select(source, 0)
         init = heldout = FixedInit(params, kind="pretrained")
     else:
-        if source[next(iter(source))].shape[0] < cfg.n_models:
-            raise DDSecError(f"--n-models {cfg.n_models} exceeds the source population's size")
         init, heldout = PopulationInit(source), PopulationInit(_load_source(heldout_path, cfg, train, device))
     base = DistillConfig(**{k: v for k, v in asdict(cfg).items() if k in DistillConfig.__dataclass_fields__}
                          | {"dataset": cfg.tgt, "init": cfg.init,
                             "population": train_path, "heldout_population": heldout_path})
-    return DistillJob(base, train, test, model, init, heldout, device)
+    return fit_to_populations(DistillJob(base, train, test, model, init, heldout, device, _fingerprint(cfg, base)))
+
+
+def _fingerprint(cfg: AdaptConfig, base: DistillConfig) -> dict:
+    """What a checkpoint must match: the pair (``src``, ``tgt``) and the engine settings with
+    the resolved source populations."""
+    return {**cfg.fingerprint(), **base.fingerprint()}
 
 
 def adapt_meta(cfg: AdaptConfig) -> dict:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -32,9 +32,11 @@ from ddsec.distill import (
     initial_synthetic,
     optimize,
     prepare_distill,
+    quick_check_due,
     to_distilled,
 )
 from ddsec.engine import (
+    DEFAULT_CHECKPOINT_SECONDS,
     ClassificationObjective,
     InitDistribution,
     PopulationInit,
@@ -43,6 +45,7 @@ from ddsec.engine import (
     world,
 )
 from ddsec.errors import DDSecError
+from ddsec.evaluate import heldout_count
 from ddsec.export import DistilledMeta, DistilledSet
 from ddsec.models_zoo import load_population
 from ddsec.models_zoo.zoo import check_fits, entry_name, resolve_pair, resolve_population
@@ -90,11 +93,16 @@ class PoisonConfig(DistillConfig):
 
 @dataclass
 class PoisonJob:
-    """A validated attack, ready to run: data, model, populations and transfer population."""
+    """A validated attack, ready to run: data, model, populations and transfer population.
+
+    ``base.fingerprint`` is the attack's own (class pair and weight included); ``notes`` are
+    one-line notices for the user (counts capped to a population's size).
+    """
 
     cfg: PoisonConfig
     base: DistillJob
     transfer: tuple[nn.Module, InitDistribution, str] | None
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -142,18 +150,22 @@ def prepare_poison(cfg: PoisonConfig, train_entry: Callable[[str], None] | None 
     base_cfg = DistillConfig(**{k: v for k, v in asdict(cfg).items() if k in DistillConfig.__dataclass_fields__}
                              | {"population": train_path, "heldout_population": heldout_path})
     base = prepare_distill(base_cfg)
+    base = replace(base, fingerprint={**cfg.fingerprint(), **base.fingerprint})  # base: resolved paths
+    cfg = replace(cfg, eval_models=base.cfg.eval_models)  # capped to the held-out population
+    notes = list(base.notes)
     for path in (train_path, heldout_path):
         if path is not None:
             check_fits(path, base.train, dataset=base.train.name, model=cfg.model, purpose="this attack")
-    if isinstance(base.init, PopulationInit) and base.init.size < cfg.n_models:
-        raise DDSecError(f"--n-models {cfg.n_models} exceeds the training population's {base.init.size} models")
     transfer = None
     if cfg.eval_population is not None:
         path = resolve_population(cfg.eval_population, "heldout", cfg.zoo)
         meta = check_fits(path, base.train, dataset=base.train.name, model=None, purpose="this attack")
         model = build_model(meta["model"], base.train).to(base.device)
-        transfer = (model, PopulationInit(load_population(path, device=base.device)), str(path))
-    return PoisonJob(cfg, base, transfer)
+        population = PopulationInit(load_population(path, device=base.device))
+        note = heldout_count(cfg.eval_models, population, flag="--eval-models")[1]
+        notes += [] if note is None else [f"transfer population {path}: {note}"]
+        transfer = (model, population, str(path))
+    return PoisonJob(cfg, base, transfer, notes)
 
 
 def run_poison(
@@ -161,6 +173,7 @@ def run_poison(
     *,
     checkpoint_path: str | Path | None = None,
     resume: bool = False,
+    checkpoint_seconds: float | None = DEFAULT_CHECKPOINT_SECONDS,
     eval_every: int | None = None,
     on_progress: Callable[[Progress, float | None], None] | None = None,
 ) -> PoisonOutcome | None:
@@ -170,6 +183,7 @@ def run_poison(
     outcome, the others return ``None``.
 
     Args:
+        checkpoint_seconds: also checkpoint at least this often (wall-clock seconds).
         eval_every: every this many iterations, measure the attack success rate on a quick
             sample (up to 5 held-out models, up to 2000 test images) and pass it to ``on_progress``.
     """
@@ -186,13 +200,15 @@ def run_poison(
         if on_progress is None:
             return
         asr = None
-        if eval_every and (progress.iteration % eval_every == 0 or progress.iteration == progress.iterations):
+        if quick_check_due(progress, eval_every):
             asr = evaluate_attack(base.model, base.heldout, progress.synthetic, quick, attack=cfg.attack,
-                                  target=cfg.target, n_models=5, seed=cfg.seed + 7).summary()["asr_mean"]
+                                  target=cfg.target, n_models=min(5, cfg.eval_models),
+                                  seed=cfg.seed + 7).summary()["asr_mean"]
         on_progress(progress, asr)
 
     start = time.perf_counter()
-    result = optimize(base, objective, initial_synthetic(base), checkpoint_path=checkpoint_path, resume=resume, on_progress=report)
+    result = optimize(base, objective, initial_synthetic(base), checkpoint_path=checkpoint_path, resume=resume,
+                      checkpoint_seconds=checkpoint_seconds, on_progress=report)
     seconds = time.perf_counter() - start
     if not world().is_main:
         return None

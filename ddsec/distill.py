@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -26,6 +26,7 @@ from ddsec.engine import (
     DistillResult,
     FixedInit,
     InitDistribution,
+    DEFAULT_CHECKPOINT_SECONDS,
     Objective,
     PopulationInit,
     Progress,
@@ -37,7 +38,7 @@ from ddsec.engine import (
     world,
 )
 from ddsec.errors import DDSecError
-from ddsec.evaluate import EvalResult, evaluate_synthetic
+from ddsec.evaluate import EvalResult, evaluate_synthetic, heldout_count
 from ddsec.export import DistilledMeta, DistilledSet
 from ddsec.models_zoo import create_model, load_population
 
@@ -170,7 +171,13 @@ def build_inits(cfg: DistillConfig, data: ImageDataset, device: torch.device) ->
 
 @dataclass
 class DistillJob:
-    """A run ready to start: data loaded, model and ``p(θ0)`` built, all inputs validated."""
+    """A run ready to start: data loaded, model and ``p(θ0)`` built, all inputs validated.
+
+    Attributes:
+        fingerprint: the settings a checkpoint must match on resume; the front end's own (its
+            attack or domains included), not only those of ``cfg``.
+        notes: one-line notices for the user (e.g. a count capped to a population's size).
+    """
 
     cfg: DistillConfig
     train: ImageDataset
@@ -179,6 +186,27 @@ class DistillJob:
     init: InitDistribution
     heldout: InitDistribution
     device: torch.device
+    fingerprint: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def fit_to_populations(job: DistillJob) -> DistillJob:
+    """``job`` with its model counts checked against its populations, before any work starts.
+
+    ``--n-models`` larger than the training population is refused; ``--eval-models`` larger
+    than the held-out population is capped to it, with a note.
+
+    Raises:
+        DDSecError: ``--n-models`` exceeds the training population.
+    """
+    cfg = job.cfg
+    if isinstance(job.init, PopulationInit) and job.init.size < cfg.n_models:
+        raise DDSecError(f"--n-models {cfg.n_models} exceeds the training population's {job.init.size} models;"
+                         f" pass --n-models {job.init.size} or less")
+    count, note = heldout_count(cfg.eval_models, job.heldout, flag="--eval-models")
+    if note is None:
+        return job
+    return replace(job, cfg=replace(cfg, eval_models=count), notes=[*job.notes, note])
 
 
 def prepare_distill(cfg: DistillConfig) -> DistillJob:
@@ -187,7 +215,7 @@ def prepare_distill(cfg: DistillConfig) -> DistillJob:
     train = load_dataset(cfg.dataset, train=True, root=cfg.data_dir, download=cfg.download)
     test = load_dataset(cfg.dataset, train=False, root=cfg.data_dir, download=cfg.download)
     model, init, heldout = build_inits(cfg, train, device)
-    return DistillJob(cfg, train, test, model, init, heldout, device)
+    return fit_to_populations(DistillJob(cfg, train, test, model, init, heldout, device, cfg.fingerprint()))
 
 
 def initial_synthetic(job: DistillJob) -> SyntheticSet:
@@ -229,16 +257,26 @@ def optimize(
     *,
     checkpoint_path: str | Path | None,
     resume: bool,
+    checkpoint_seconds: float | None = DEFAULT_CHECKPOINT_SECONDS,
     on_progress: Callable[[Progress], None] | None,
 ) -> DistillResult:
-    """The outer loop with the job's settings (shared by every front end)."""
+    """The outer loop with the job's settings (shared by every front end); checkpoints carry
+    ``job.fingerprint``."""
     cfg = job.cfg
     return distill(
         objective, synthetic, iterations=cfg.iterations, n_models=distinct_draws(job.init, cfg.n_models), lr=cfg.lr,
         lr_step_sizes=cfg.lr_step_sizes, lr_momenta=cfg.lr_momenta, decay_every=cfg.decay_every, decay_factor=cfg.decay_factor, mode=cfg.mode,
         keep_graphs=cfg.keep_graphs, seed=cfg.seed, checkpoint_path=checkpoint_path, resume=resume,
-        fingerprint=cfg.fingerprint(), on_progress=on_progress,
+        checkpoint_seconds=checkpoint_seconds, fingerprint=job.fingerprint, on_progress=on_progress,
     )
+
+
+def quick_check_due(progress: Progress, eval_every: int | None) -> bool:
+    """Whether a run measures its quick held-out figure after ``progress``: every ``eval_every``
+    iterations and at the end, never on the resume notice."""
+    if not eval_every or progress.event == "resume":
+        return False
+    return progress.iteration % eval_every == 0 or progress.iteration == progress.iterations
 
 
 def run_distill(
@@ -246,6 +284,7 @@ def run_distill(
     *,
     checkpoint_path: str | Path | None = None,
     resume: bool = False,
+    checkpoint_seconds: float | None = DEFAULT_CHECKPOINT_SECONDS,
     eval_every: int | None = None,
     on_progress: Callable[[Progress, float | None], None] | None = None,
     meta: dict | None = None,
@@ -259,6 +298,7 @@ def run_distill(
         job: from :func:`prepare_distill`.
         checkpoint_path: where the outer loop checkpoints (``None``: no checkpoints).
         resume: continue from ``checkpoint_path``.
+        checkpoint_seconds: also checkpoint at least this often (wall-clock seconds).
         eval_every: every this many iterations, measure the held-out accuracy on a quick sample
             (up to 5 models, up to 2000 test images) and pass it to ``on_progress``.
         on_progress: called after every outer iteration with the progress and that accuracy
@@ -274,7 +314,7 @@ def run_distill(
         if on_progress is None:
             return
         accuracy = None
-        if eval_every and (progress.iteration % eval_every == 0 or progress.iteration == progress.iterations):
+        if quick_check_due(progress, eval_every):
             accuracy = float(evaluate_synthetic(
                 model, heldout, progress.synthetic, test.images[quick], test.labels[quick],
                 n_models=distinct_draws(heldout, min(5, cfg.eval_models)),
@@ -284,7 +324,7 @@ def run_distill(
 
     start = time.perf_counter()
     result = optimize(job, objective, initial_synthetic(job), checkpoint_path=checkpoint_path, resume=resume,
-                      on_progress=report)
+                      checkpoint_seconds=checkpoint_seconds, on_progress=report)
     seconds = time.perf_counter() - start
     if not world().is_main:
         return None

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from ddsec.engine import InitDistribution, SyntheticSet, population_forward, select, stack_params, unroll
+from ddsec.engine import InitDistribution, SyntheticSet, draw_limit, population_forward, select, stack_params, unroll
 from ddsec.errors import NonFiniteError
 
 
@@ -54,6 +54,23 @@ class EvalResult:
             "acc_mean": float(self.after.mean()),
             "acc_std": std,
         }
+
+
+def heldout_count(requested: int, heldout: InitDistribution, *, flag: str) -> tuple[int, str | None]:
+    """How many held-out models an evaluation of ``requested`` models can draw from ``heldout``.
+
+    A held-out population smaller than ``requested`` is used whole (a default such as
+    ``--eval-models 20`` must not fail after a long run on the 10-model population trained on
+    first use). Other inits keep ``requested`` (fixed ones are drawn once downstream, see
+    :func:`ddsec.engine.distinct_draws`).
+
+    Returns:
+        ``(count, note)``: ``note`` is a one-line explanation when a population capped the count.
+    """
+    limit = draw_limit(heldout)
+    if heldout.kind == "population" and limit is not None and requested > limit:
+        return limit, f"{flag} {requested} is more than the {limit} held-out models: evaluating all {limit}"
+    return requested, None
 
 
 @torch.no_grad()

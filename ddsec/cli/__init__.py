@@ -10,6 +10,7 @@ import signal
 
 import typer
 
+from ddsec import __version__
 from ddsec.cli import adapt_cmd, distill_cmd, eval_cmd, poison_cmd, show_cmd, zoo_cmd
 from ddsec.cli.render import err, out
 from ddsec.engine.distributed import init_from_env, shutdown
@@ -22,6 +23,22 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        out.print(f"ddsec {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print ddsec's version and exit."),
+) -> None:
+    """Dataset distillation for security research (Wang et al., arXiv 1811.10959)."""
+
+
 app.command("distill")(distill_cmd.distill)
 app.command("eval")(eval_cmd.evaluate)
 app.command("show")(show_cmd.show)

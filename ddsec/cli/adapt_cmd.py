@@ -10,7 +10,17 @@ import typer
 from ddsec.cli import options as O
 from ddsec.cli.launch import NPROC, relaunch
 from ddsec.adapt.adapt import AdaptConfig as A
-from ddsec.cli.render import err, out, percent, print_json, progress_bar, result_table, user_errors
+from ddsec.cli.render import (
+    err,
+    loop_reporter,
+    out,
+    percent,
+    print_json,
+    print_notes,
+    progress_bar,
+    result_table,
+    user_errors,
+)
 from ddsec.errors import DDSecError
 
 
@@ -47,6 +57,7 @@ def adapt(
     out_path: Optional[Path] = typer.Option(None, "--out", help="Output .safetensors (default distilled/adapt-<src>-<tgt>.safetensors)."),
     resume: bool = O.RESUME,
     force: bool = O.FORCE,
+    checkpoint_seconds: float = O.CHECKPOINT_SECONDS,
     eval_models: int = typer.Option(A.eval_models, help="Held-out source models evaluated (at most the population's size)."),
     eval_every: Optional[int] = O.EVAL_EVERY,
     baseline: list[str] = typer.Option([], help="Also evaluate: random | optimized | kmeans | average | all (repeatable)."),
@@ -86,15 +97,10 @@ def adapt(
     job = prepare_adapt(cfg, train_entry=lambda name, size, channels: train_on_first_use(
         name, dataset=src, model=model, quiet=quiet, root=zoo, data_dir=data_dir, download=download,
         image_size=size, channels=channels, device=resolve_device(device)))
-    last = [""]
+    print_notes(job.notes)
     with progress_bar("adapting", iterations, quiet=quiet) as update:
-        def on_progress(progress, accuracy):
-            if accuracy is not None:
-                last[0] = f"  held-out {percent(accuracy)}"
-            update(progress.iteration, f"loss {progress.loss:.3f}{last[0]}")
-
-        outcome = run_distill(job, checkpoint_path=checkpoint, resume=resume, eval_every=every,
-                              on_progress=on_progress, meta=adapt_meta(cfg))
+        outcome = run_distill(job, checkpoint_path=checkpoint, resume=resume, checkpoint_seconds=checkpoint_seconds,
+                              eval_every=every, on_progress=loop_reporter(update, "held-out"), meta=adapt_meta(cfg))
     if outcome is None:  # another rank of a distributed run: rank 0 evaluates and exports
         return
     save_distilled(output, outcome.distilled)
@@ -111,13 +117,14 @@ def adapt(
     payload = {"output": str(output), "seconds": round(outcome.seconds, 3), "eval": summary}
     if finetune_steps:
         with err.status("fine-tuning held-out source models on the whole target training set…"):
-            tuned = finetune_reference(job, n_models=eval_models, recipe=TrainRecipe(steps=finetune_steps), seed=seed)
+            tuned = finetune_reference(job, n_models=job.cfg.eval_models, recipe=TrainRecipe(steps=finetune_steps),
+                                       seed=seed)
         std = float(tuned.std()) if tuned.numel() > 1 else 0.0
         rows.append((f"fine-tuned on all target data ({finetune_steps} steps)", percent(float(tuned.mean()), std)))
         payload["finetune"] = {"steps": finetune_steps, "models": tuned.numel(), "acc_mean": float(tuned.mean()),
                                "acc_std": std}
     out.print(result_table("ddsec adapt", rows))
-    baselines = run_baselines(outcome.distilled, job, kinds, models=eval_models, grid_models=5, candidates=25,
+    baselines = run_baselines(outcome.distilled, job, kinds, models=job.cfg.eval_models, grid_models=5, candidates=25,
                               seed=seed, quiet=quiet) if kinds else {}
     if baselines:
         out.print(baseline_table(outcome.distilled.meta, summary, baselines))

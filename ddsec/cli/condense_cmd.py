@@ -41,7 +41,8 @@ def check_options(method: str, *, dd_only: dict[str, tuple[object, object]], con
         raise DDSecError(f"{given[0]} applies to --method dd, not {method}")
 
 
-def condense_command(cfg, *, out_path: Path | None, resume: bool, force: bool, json_out: bool, quiet: bool) -> None:
+def condense_command(cfg, *, out_path: Path | None, resume: bool, force: bool, checkpoint_seconds: float,
+                     json_out: bool, quiet: bool) -> None:
     """Run ``cfg`` (a :class:`~ddsec.condense.CondenseConfig`), export the set, print the results."""
     from ddsec.condense import prepare_condense, run_condense
     from ddsec.export import save_distilled
@@ -52,10 +53,16 @@ def condense_command(cfg, *, out_path: Path | None, resume: bool, force: bool, j
         job = prepare_condense(cfg, cluster_cache=output.with_name(output.name + ".clusters"))
     bars = StageBars(quiet)
     report = bars.reporter(cfg.method)
+
+    def on_progress(progress) -> None:
+        if progress.event == "resume":
+            err.print(f"resuming from iteration {progress.iteration} of {progress.iterations}", highlight=False)
+        report("condensing", progress.iteration, progress.iterations, f"loss {progress.loss:.4f}")
+
     try:
         outcome = run_condense(
-            job, checkpoint_path=checkpoint, resume=resume,
-            on_progress=lambda p: report("condensing", p.iteration, p.iterations, f"loss {p.loss:.4f}"),
+            job, checkpoint_path=checkpoint, resume=resume, checkpoint_seconds=checkpoint_seconds,
+            on_progress=on_progress,
             on_eval=lambda done, total: report(f"evaluating ({cfg.eval_epochs} epochs per model)", done, total))
     finally:
         bars.close()

@@ -10,7 +10,17 @@ import typer
 from ddsec.cli import options as O
 from ddsec.cli.launch import NPROC, relaunch
 from ddsec.cli.condense_cmd import METHOD_HELP, check_options, condense_command
-from ddsec.cli.render import err, out, percent, print_json, progress_bar, result_table, user_errors
+from ddsec.cli.render import (
+    err,
+    loop_reporter,
+    out,
+    percent,
+    print_json,
+    print_notes,
+    progress_bar,
+    result_table,
+    user_errors,
+)
 from ddsec.distill import DistillConfig as D
 from ddsec.distill import prepare_distill, run_distill
 from ddsec.export import save_distilled
@@ -53,7 +63,8 @@ def distill(
     out_path: Optional[Path] = typer.Option(None, "--out", help="Output .safetensors (default distilled/<dataset>-<model>.safetensors)."),
     resume: bool = O.RESUME,
     force: bool = O.FORCE,
-    eval_models: Optional[int] = typer.Option(None, help="Held-out models for the final evaluation (default 20 for dd, 5 for dc|dsa|dm)."),
+    checkpoint_seconds: float = O.CHECKPOINT_SECONDS,
+    eval_models: Optional[int] = typer.Option(None, help="Held-out models for the final evaluation (default 20 for dd, 5 for dc|dsa|dm; at most the held-out population's size)."),
     eval_every: Optional[int] = O.EVAL_EVERY,
     outer_loop: Optional[int] = typer.Option(None, help="dc|dsa: image updates per iteration (default by --ipc: 1 for 1, 10 for 10)."),
     inner_loop: Optional[int] = typer.Option(None, help="dc|dsa: network epochs between image updates (default by --ipc: 1 for 1, 50 for 10)."),
@@ -99,7 +110,8 @@ def distill(
             clusters=clusters, feature_layer=feature_layer, feature_model=feature_model, feature_arch=feature_arch,
             mix_after=mix_after, seed=seed, device=device, eval_epochs=eval_epochs,
             **{k: v for k, v in settings.items() if v is not None},
-        ), out_path=out_path, resume=resume, force=force, json_out=json_out, quiet=quiet)
+        ), out_path=out_path, resume=resume, force=force, checkpoint_seconds=checkpoint_seconds, json_out=json_out,
+            quiet=quiet)
         return
     relaunch(nproc)
     model = model or D.model
@@ -117,16 +129,10 @@ def distill(
     output, checkpoint = O.output_paths(out_path, default, resume=resume, force=force)
     with err.status("loading data and building the model…"):
         job = prepare_distill(cfg)
-    last_acc: list[str] = [""]
-
+    print_notes(job.notes)
     with progress_bar("distilling", iterations, quiet=quiet) as update:
-        def on_progress(progress, accuracy):
-            if accuracy is not None:
-                last_acc[0] = f"  held-out {percent(accuracy)}"
-            update(progress.iteration, f"loss {progress.loss:.3f}{last_acc[0]}")
-
-        outcome = run_distill(job, checkpoint_path=checkpoint, resume=resume, eval_every=every,
-                              on_progress=on_progress)
+        outcome = run_distill(job, checkpoint_path=checkpoint, resume=resume, checkpoint_seconds=checkpoint_seconds,
+                              eval_every=every, on_progress=loop_reporter(update, "held-out"))
     if outcome is None:  # another rank of a distributed run: rank 0 evaluates and exports
         return
     save_distilled(output, outcome.distilled)

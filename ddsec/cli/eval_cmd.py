@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Optional
 import typer
 from rich.table import Table
 
-from ddsec.cli.render import err, out, percent, print_json, progress_bar, result_table, user_errors
+from ddsec.cli.render import err, out, percent, print_json, print_notes, progress_bar, result_table, user_errors
 from ddsec.errors import DDSecError
 
 if TYPE_CHECKING:
@@ -79,12 +79,15 @@ def evaluate(
     from ddsec.baselines import check_kinds
     from ddsec.condense.protocol import PROTOCOLS, default_protocol, file_method
     from ddsec.distill import evaluate_distilled, prepare_eval
+    from ddsec.evaluate import heldout_count
 
     kinds = check_kinds(baseline or [])
     if protocol is not None and protocol not in PROTOCOLS:
         raise DDSecError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     with err.status("loading the set and the data…"):
         dset, job = prepare_eval(file, data_dir=data_dir, heldout_population=heldout_population, device=device)
+    models, note = heldout_count(models, job.heldout, flag="--models")
+    print_notes([] if note is None else [note])
     meta = dset.meta
     chosen = protocol or default_protocol(meta.config)
     if chosen == "train-epochs":

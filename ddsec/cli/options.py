@@ -11,6 +11,7 @@ from pathlib import Path
 import typer
 
 from ddsec.distill import DistillConfig
+from ddsec.engine import DEFAULT_CHECKPOINT_SECONDS, require_checkpoint
 from ddsec.errors import DDSecError
 
 DATA_DIR = typer.Option(None, help="Data root (default $DDSEC_DATA, else ~/.cache/ddsec/data); for imagefolder, the tree.")
@@ -23,6 +24,8 @@ KEEP_GRAPHS = typer.Option(DistillConfig.keep_graphs, help="hvp: keep each step'
 SEED = typer.Option(DistillConfig.seed, help="Seed of every random draw.")
 DEVICE = typer.Option(DistillConfig.device, help="auto | cpu | cuda.")
 RESUME = typer.Option(False, help="Continue an interrupted run from its checkpoint.")
+CHECKPOINT_SECONDS = typer.Option(DEFAULT_CHECKPOINT_SECONDS, help="Checkpoint at least this often (seconds of"
+                                  " wall-clock time), so a killed run loses at most this much.")
 FORCE = typer.Option(False, help="Start over even if an unfinished run's checkpoint exists.")
 JSON = typer.Option(False, "--json", help="Print one JSON object as the last line of stdout.")
 QUIET = typer.Option(False, help="No progress bars.")
@@ -42,12 +45,17 @@ def output_paths(out_path: Path | None, default: Path, *, resume: bool, force: b
     """``(output, checkpoint)`` for a run; refuses to silently overwrite an unfinished run's checkpoint.
 
     Raises:
-        DDSecError: ``--out`` is not ``.safetensors``, or a checkpoint exists without ``--resume``/``--force``.
+        DDSecError: ``--out`` is not ``.safetensors``, a checkpoint exists without ``--resume``/``--force``,
+            or ``--resume`` finds no checkpoint (checked before any work starts).
     """
     output = out_path or default
     if output.suffix != ".safetensors":
         raise DDSecError(f"--out must end in .safetensors, got {output}")
     checkpoint = checkpoint_for(output)
+    if resume and force:
+        raise DDSecError("--resume continues a run and --force starts it over: pass only one")
+    if resume:
+        require_checkpoint(checkpoint)
     if checkpoint.exists() and not (resume or force):
         raise DDSecError(f"an unfinished run left {checkpoint}; pass --resume to continue it or --force to start over")
     if force:

@@ -11,7 +11,16 @@ from rich.table import Table
 from ddsec.cli import options as O
 from ddsec.cli.launch import NPROC, relaunch
 from ddsec.attacks.poison import PoisonConfig as P
-from ddsec.cli.render import out, percent, print_json, progress_bar, result_table, user_errors
+from ddsec.cli.render import (
+    loop_reporter,
+    out,
+    percent,
+    print_json,
+    print_notes,
+    progress_bar,
+    result_table,
+    user_errors,
+)
 from ddsec.errors import DDSecError
 
 if TYPE_CHECKING:
@@ -52,6 +61,7 @@ def poison(
     out_path: Optional[Path] = typer.Option(None, "--out", help="Output .safetensors (default distilled/poison-<dataset>-<K>to<T>.safetensors)."),
     resume: bool = O.RESUME,
     force: bool = O.FORCE,
+    checkpoint_seconds: float = O.CHECKPOINT_SECONDS,
     eval_models: int = typer.Option(P.eval_models, help="Held-out models evaluated (at most the population's size)."),
     baseline: list[str] = typer.Option([], help="Also run a label-flip baseline: flip-random | flip-average | flip-kmeans | all (repeatable)."),
     nproc: int = NPROC,
@@ -80,15 +90,10 @@ def poison(
     job = prepare_poison(cfg, train_entry=lambda name: train_on_first_use(
         name, dataset=dataset, model=model, quiet=quiet, root=zoo, data_dir=data_dir, download=download,
         device=resolve_device(device)))
-    last = [""]
+    print_notes(job.notes)
     with progress_bar("poisoning", iterations, quiet=quiet) as update:
-        def on_progress(progress, asr):
-            if asr is not None:
-                last[0] = f"  held-out ASR {percent(asr)}"
-            update(progress.iteration, f"loss {progress.loss:.3f}{last[0]}")
-
-        outcome = run_poison(job, checkpoint_path=checkpoint, resume=resume, eval_every=max(1, iterations // 5),
-                             on_progress=on_progress)
+        outcome = run_poison(job, checkpoint_path=checkpoint, resume=resume, checkpoint_seconds=checkpoint_seconds,
+                             eval_every=max(1, iterations // 5), on_progress=loop_reporter(update, "held-out ASR"))
     if outcome is None:  # another rank of a distributed run: rank 0 evaluates and exports
         return
     from ddsec.export import save_distilled
@@ -165,7 +170,8 @@ def _per_class_table(job: PoisonJob, result: AttackResult) -> Table:
     for column in ("class", "accuracy before", "accuracy after", f"→{job.cfg.target} before", f"→{job.cfg.target} after"):
         table.add_column(column)
     for c, name in enumerate(names):
-        table.add_row(f"{c} {name}" + (" (attacked)" if c == job.cfg.attack else ""),
+        label = str(c) if name == str(c) else f"{c} {name}"
+        table.add_row(label + (" (attacked)" if c == job.cfg.attack else ""),
                       percent(float(result.before.per_class_acc[:, c].mean())),
                       percent(float(result.after.per_class_acc[:, c].mean())),
                       percent(float(result.before.per_class_to_target[:, c].mean())),

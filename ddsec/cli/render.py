@@ -65,6 +65,30 @@ def progress_bar(description: str, total: int, quiet: bool = False) -> Iterator[
         yield update
 
 
+def loop_reporter(update: Callable[..., None], quick_label: str) -> Callable[[Any, float | None], None]:
+    """An ``on_progress(progress, quick)`` callback for a front end's outer loop.
+
+    It moves the bar made by :func:`progress_bar` (``update``), shows the last quick held-out
+    figure as ``quick_label`` and, on a resumed run, says once where it resumes.
+    """
+    last = [""]
+
+    def on_progress(progress: Any, quick: float | None) -> None:
+        if progress.event == "resume":
+            err.print(f"resuming from iteration {progress.iteration} of {progress.iterations}", highlight=False)
+        if quick is not None:
+            last[0] = f"  {quick_label} {percent(quick)}"
+        update(progress.iteration, f"loss {progress.loss:.3f}{last[0]}")
+
+    return on_progress
+
+
+def print_notes(notes: list[str]) -> None:
+    """One yellow line on stderr per notice (a capped count, …)."""
+    for note in notes:
+        err.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+
+
 def percent(mean: float, std: float | None = None) -> str:
     """``87.3 ± 1.2 %`` from fractions."""
     return f"{100 * mean:.1f} %" if std is None else f"{100 * mean:.1f} ± {100 * std:.1f} %"

@@ -4,8 +4,8 @@ Gradient matching (Zhao et al., arXiv 2006.05929) and distribution matching (arX
 both learn the synthetic images with SGD with momentum 0.5; a method is a :data:`Step` that
 runs one outer iteration (sampling a fresh network, matching, updating the images one or more
 times with :class:`ImageSGD`). The loop reports through a callback (it never prints),
-checkpoints atomically every ``checkpoint_every`` iterations and on Ctrl-C (then re-raises),
-resumes exactly, and stops with :class:`~ddsec.errors.NonFiniteError` on a NaN/inf loss or
+checkpoints atomically every ``checkpoint_every`` iterations, at least every
+``checkpoint_seconds`` and on Ctrl-C (then re-raises), resumes exactly, and stops with :class:`~ddsec.errors.NonFiniteError` on a NaN/inf loss or
 image, the last good state saved.
 """
 
@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from ddsec.condense.checkpoint import ImageState, load_state, save_state
+from ddsec.engine.checkpoint import DEFAULT_CHECKPOINT_SECONDS, CheckpointSchedule, require_checkpoint
 from ddsec.errors import DDSecError, NonFiniteError
 
 Step = Callable[[ImageState, torch.Generator, int], tuple[ImageState, float]]
@@ -53,7 +54,9 @@ class CondenseProgress:
         iterations: total planned.
         loss: the iteration's matching loss.
         images: the current images ``[N, C, H, W]`` (live: copy before keeping).
-        event: ``"checkpoint"`` when a checkpoint was written after this iteration, else ``""``.
+        event: ``"checkpoint"`` when a checkpoint was written after this iteration, ``"resume"``
+            once before the first iteration of a resumed run (``iteration`` is where it resumes),
+            else ``""``.
     """
 
     iteration: int
@@ -73,9 +76,7 @@ class CondenseResult:
 
 
 def _resume(path: Path | None, fingerprint: dict, device: torch.device) -> tuple[ImageState, Tensor, list[float]]:
-    if path is None or not path.exists():
-        raise DDSecError(f"--resume: no checkpoint at {path}; run without --resume to start")
-    state, generator_state, losses, stored = load_state(path, device)
+    state, generator_state, losses, stored = load_state(require_checkpoint(path), device)
     if stored != fingerprint:
         changed = sorted(k for k in fingerprint.keys() | stored.keys() if fingerprint.get(k) != stored.get(k))
         raise DDSecError(f"{path} was written with other settings ({', '.join(changed) or 'its kind'} differ);"
@@ -93,6 +94,7 @@ def condense(
     checkpoint_path: str | Path | None = None,
     resume: bool = False,
     checkpoint_every: int = 10,
+    checkpoint_seconds: float | None = DEFAULT_CHECKPOINT_SECONDS,
     on_progress: Callable[[CondenseProgress], None] | None = None,
 ) -> CondenseResult:
     """Run ``iterations`` outer iterations of ``step`` from ``initial`` images.
@@ -106,6 +108,8 @@ def condense(
         checkpoint_path: where to checkpoint (``None``: never).
         resume: continue from ``checkpoint_path``.
         checkpoint_every: iterations between checkpoints.
+        checkpoint_seconds: also checkpoint whenever this much wall-clock time has passed since
+            the last checkpoint (``None``: by iterations only).
         on_progress: called after every iteration.
 
     Raises:
@@ -121,10 +125,14 @@ def condense(
         generator.set_state(generator_state)
     first = len(losses)
     next_draws = generator.get_state()
+    schedule = CheckpointSchedule(checkpoint_every, checkpoint_seconds)
+    if resume and on_progress is not None:
+        on_progress(CondenseProgress(first, iterations, losses[-1] if losses else float("nan"), state.images, "resume"))
 
     def save() -> None:
         if path is not None:
             save_state(path, state, next_draws, losses, fingerprint)
+        schedule.saved()
 
     try:
         for iteration in range(first, iterations):
@@ -139,7 +147,7 @@ def condense(
             next_draws = generator.get_state()
             done = iteration + 1
             event = ""
-            if path is not None and done % checkpoint_every == 0 and done < iterations:
+            if path is not None and done < iterations and schedule.due(done):
                 save()
                 event = "checkpoint"
             if on_progress is not None:

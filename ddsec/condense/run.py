@@ -29,7 +29,7 @@ from ddsec.condense.protocol import evaluate_set
 from ddsec.condense.sampling import BatchSampler, ClusterBatches, RandomBatches, cached_clusters, kmeans_clusters
 from ddsec.data import ImageDataset, load_dataset
 from ddsec.distill import build_model, resolve_device
-from ddsec.engine import RandomInit, class_major_labels, world
+from ddsec.engine import DEFAULT_CHECKPOINT_SECONDS, RandomInit, class_major_labels, world
 from ddsec.errors import DDSecError
 from ddsec.evaluate import EpochRecipe, EvalResult
 from ddsec.export import DistilledMeta, DistilledSet
@@ -157,6 +157,7 @@ def run_condense(
     *,
     checkpoint_path: str | Path | None = None,
     resume: bool = False,
+    checkpoint_seconds: float | None = DEFAULT_CHECKPOINT_SECONDS,
     on_progress: Callable[[CondenseProgress], None] | None = None,
     on_eval: Callable[[int, int], None] | None = None,
 ) -> CondenseOutcome:
@@ -166,6 +167,7 @@ def run_condense(
         job: from :func:`prepare_condense`.
         checkpoint_path: where the loop checkpoints (``None``: no checkpoints).
         resume: continue from ``checkpoint_path``.
+        checkpoint_seconds: also checkpoint at least this often (wall-clock seconds).
         on_progress: called after every outer iteration.
         on_eval: called as ``on_eval(done, n_models)`` while evaluating.
     """
@@ -173,7 +175,8 @@ def run_condense(
     start = time.perf_counter()
     result = condense(build_step(job), initial_images(job), iterations=cfg.iterations, seed=cfg.seed,
                       fingerprint=cfg.fingerprint(), checkpoint_path=checkpoint_path, resume=resume,
-                      checkpoint_every=cfg.checkpoint_every, on_progress=on_progress)
+                      checkpoint_every=cfg.checkpoint_every, checkpoint_seconds=checkpoint_seconds,
+                      on_progress=on_progress)
     seconds = time.perf_counter() - start
     if on_eval is not None:
         on_eval(0, cfg.eval_models)

@@ -4,7 +4,14 @@ Wang et al., "Dataset Distillation" (arXiv 1811.10959). Imports only torch and d
 types; the front ends (distill, poison, adapt) build on it.
 """
 
-from ddsec.engine.checkpoint import LoopState, load_checkpoint, save_checkpoint
+from ddsec.engine.checkpoint import (
+    DEFAULT_CHECKPOINT_SECONDS,
+    CheckpointSchedule,
+    LoopState,
+    load_checkpoint,
+    require_checkpoint,
+    save_checkpoint,
+)
 from ddsec.engine.distributed import PeerLostError, World, world
 from ddsec.engine.distributions import (
     FIXED_KINDS,
@@ -13,6 +20,7 @@ from ddsec.engine.distributions import (
     PopulationInit,
     RandomInit,
     distinct_draws,
+    draw_limit,
 )
 from ddsec.engine.init import INIT_SCHEMES, init_module_, init_tensors
 from ddsec.engine.metagrad import MODES, MetaGradient, meta_grad, meta_grads
@@ -29,9 +37,11 @@ from ddsec.engine.synthetic import SyntheticSet, class_major_labels, inverse_sof
 from ddsec.engine.unroll import unroll
 
 __all__ = [
+    "DEFAULT_CHECKPOINT_SECONDS",
     "FIXED_KINDS",
     "INIT_SCHEMES",
     "MODES",
+    "CheckpointSchedule",
     "ClassificationObjective",
     "DistillResult",
     "FixedInit",
@@ -49,6 +59,7 @@ __all__ = [
     "class_major_labels",
     "distill",
     "distinct_draws",
+    "draw_limit",
     "init_module_",
     "init_tensors",
     "inverse_softplus",
@@ -57,6 +68,7 @@ __all__ = [
     "meta_grads",
     "population_forward",
     "population_size",
+    "require_checkpoint",
     "resolve_batching",
     "save_checkpoint",
     "select",

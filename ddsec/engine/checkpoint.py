@@ -8,7 +8,8 @@ and a fingerprint of the run's settings, so that resuming with other settings is
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -21,6 +22,47 @@ from ddsec.engine.synthetic import SyntheticSet
 from ddsec.errors import DDSecError, FormatError
 
 CHECKPOINT_FORMAT = "ddsec.checkpoint/1"
+DEFAULT_CHECKPOINT_SECONDS = 60.0
+"""A run writes a checkpoint at least this often (wall-clock seconds), however slow its iterations."""
+
+
+@dataclass
+class CheckpointSchedule:
+    """When an outer loop checkpoints: every ``every`` iterations, and whenever ``seconds`` of
+    wall-clock time have passed since the last checkpoint (``None``: by iterations only), so a
+    killed run loses at most that much time.
+    """
+
+    every: int
+    seconds: float | None = DEFAULT_CHECKPOINT_SECONDS
+    last: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        if self.every < 1:
+            raise ValueError(f"checkpoints every {self.every} iterations: must be at least 1")
+        if self.seconds is not None and not self.seconds > 0:
+            raise DDSecError(f"--checkpoint-seconds must be positive, got {self.seconds}")
+
+    def due(self, done: int) -> bool:
+        """Whether to checkpoint after ``done`` completed iterations."""
+        late = self.seconds is not None and time.monotonic() - self.last >= self.seconds
+        return done % self.every == 0 or late
+
+    def saved(self) -> None:
+        """Note that a checkpoint was just written."""
+        self.last = time.monotonic()
+
+
+def require_checkpoint(path: str | Path | None) -> Path:
+    """``path`` as a :class:`Path` when a run may resume from it.
+
+    Raises:
+        DDSecError: there is no checkpoint to resume (never a silent fresh start).
+    """
+    if path is None or not Path(path).exists():
+        raise DDSecError(f"--resume: there is no checkpoint {path} to resume (a finished run removes it);"
+                         " run the command without --resume to start")
+    return Path(path)
 
 
 @dataclass

@@ -37,6 +37,14 @@ def distinct_draws(init: InitDistribution, n: int) -> int:
     return 1 if init.kind in FIXED_KINDS else n
 
 
+def draw_limit(init: InitDistribution) -> int | None:
+    """The most distinct models ``init`` can give: 1 for fixed and pretrained inits, a population's
+    size, ``None`` (no limit) for fresh random inits."""
+    if init.kind in FIXED_KINDS:
+        return 1
+    return getattr(init, "size", None)
+
+
 class RandomInit:
     """Fresh random weights every draw (``xavier``, ``kaiming`` or ``default`` scheme).
 

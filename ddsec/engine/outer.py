@@ -6,8 +6,9 @@ and takes one Adam step (betas 0.5, 0.999) on the synthetic images and raw step 
 meta-gradient averaged over the sampled models. The learning rate decays in steps.
 
 The loop reports through a callback (it never prints), checkpoints atomically every
-``checkpoint_every`` iterations (and when interrupted or stopped), resumes exactly from a
-checkpoint, and refuses to write NaN/inf: a non-finite loss or gradient either stops the run
+``checkpoint_every`` iterations and at least every ``checkpoint_seconds`` (and when interrupted
+or stopped), resumes exactly from a checkpoint (a missing one is an error, never a silent fresh
+start), and refuses to write NaN/inf: a non-finite loss or gradient either stops the run
 with a clear error, the last good state saved, or backs off (skips the update and halves the
 learning rate, at most ``max_backoffs`` times in a row).
 
@@ -26,7 +27,14 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ddsec.engine.checkpoint import LoopState, load_checkpoint, save_checkpoint
+from ddsec.engine.checkpoint import (
+    DEFAULT_CHECKPOINT_SECONDS,
+    CheckpointSchedule,
+    LoopState,
+    load_checkpoint,
+    require_checkpoint,
+    save_checkpoint,
+)
 from ddsec.engine.distributed import PeerLostError, all_reduce_mean, broadcast_, iteration_seed, world
 from ddsec.engine.metagrad import meta_grads
 from ddsec.engine.objective import Objective
@@ -47,7 +55,8 @@ class Progress:
         lr: Adam learning rate used for the images.
         synthetic: the current set (live tensors: copy before keeping).
         event: ``""`` normally, ``"backoff"`` when a non-finite update was skipped,
-            ``"checkpoint"`` when a checkpoint was written after this iteration.
+            ``"checkpoint"`` when a checkpoint was written after this iteration, ``"resume"``
+            once before the first iteration of a resumed run (``iteration`` is where it resumes).
     """
 
     iteration: int
@@ -110,6 +119,7 @@ def distill(
     seed: int = 0,
     checkpoint_path: str | Path | None = None,
     checkpoint_every: int = 100,
+    checkpoint_seconds: float | None = DEFAULT_CHECKPOINT_SECONDS,
     resume: bool = False,
     fingerprint: dict | None = None,
     on_nonfinite: str = "stop",
@@ -136,7 +146,9 @@ def distill(
         seed: seeds the generator behind every sample (θ0 draws and real batches).
         checkpoint_path: where to write checkpoints; ``None`` disables them.
         checkpoint_every: iterations between checkpoints.
-        resume: continue from ``checkpoint_path`` if it exists.
+        checkpoint_seconds: also checkpoint whenever this much wall-clock time has passed since
+            the last checkpoint (``None``: by iterations only).
+        resume: continue from ``checkpoint_path``, which must exist.
         fingerprint: JSON-able settings stored in checkpoints; resuming with different ones fails.
         on_nonfinite: ``"stop"`` or ``"backoff"``.
         max_backoffs: consecutive back-offs before stopping anyway.
@@ -148,10 +160,11 @@ def distill(
     Raises:
         NonFiniteError: NaN/inf under ``"stop"`` or after ``max_backoffs`` back-offs; the last
             good state is checkpointed first when ``checkpoint_path`` is set.
-        DDSecError: a checkpoint from a run with other settings.
+        DDSecError: ``resume`` without a checkpoint, or a checkpoint from a run with other settings.
     """
-    if iterations < 1 or n_models < 1 or checkpoint_every < 1:
-        raise ValueError("iterations, n_models and checkpoint_every must be at least 1")
+    if iterations < 1 or n_models < 1:
+        raise ValueError("iterations and n_models must be at least 1")
+    schedule = CheckpointSchedule(checkpoint_every, checkpoint_seconds)
     if on_nonfinite not in NONFINITE_POLICIES:
         raise ValueError(f"on_nonfinite must be one of {', '.join(NONFINITE_POLICIES)}")
     fingerprint = dict(fingerprint or {})
@@ -174,8 +187,8 @@ def distill(
     losses: list[float] = []
     lr_scale, start = 1.0, 0
 
-    if resume and checkpoint_path is not None and Path(checkpoint_path).exists():
-        state = load_checkpoint(checkpoint_path, device=images.device)
+    if resume:
+        state = load_checkpoint(require_checkpoint(checkpoint_path), device=images.device)
         if state.fingerprint != fingerprint:
             changed = sorted(k for k in set(state.fingerprint) | set(fingerprint)
                              if state.fingerprint.get(k) != fingerprint.get(k))
@@ -207,10 +220,14 @@ def distill(
     def checkpoint(iteration: int) -> None:
         if checkpoint_path is not None and here.is_main:
             save_checkpoint(checkpoint_path, snapshot(iteration))
+        schedule.saved()
 
     model = objective.model
     backoffs_in_a_row = total_backoffs = 0
     iteration = start
+    if resume and on_progress is not None:
+        on_progress(Progress(start, iterations, losses[-1] if losses else float("nan"),
+                             optimizer.param_groups[0]["lr"], current, "resume"))
     try:
         while iteration < iterations:
             decay = decay_factor ** (iteration // decay_every) if decay_every else 1.0
@@ -251,7 +268,7 @@ def distill(
             iteration += 1
             losses.append(float(loss))
             event = ""
-            if iteration % checkpoint_every == 0 or iteration == iterations:
+            if iteration == iterations or (checkpoint_path is not None and schedule.due(iteration)):
                 checkpoint(iteration)
                 event = "checkpoint" if checkpoint_path is not None else ""
             if on_progress is not None:
