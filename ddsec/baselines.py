@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from ddsec.data import ImageDataset
 from ddsec.engine import FIXED_KINDS, InitDistribution, SyntheticSet, class_major_labels
 from ddsec.errors import DDSecError
-from ddsec.evaluate import EvalResult, evaluate_synthetic
+from ddsec.evaluate import EvalResult, evaluate_synthetic, heldout_count
 
 BASELINES = ("random", "optimized", "kmeans", "average", "knn")
 """Every baseline kind, in the order of the paper's Table 1."""
@@ -306,6 +306,8 @@ def run_baseline(
         return _knn_baseline(train, test, steps, ipc, n_models=n_models, seed=seed, kmeans_n_init=kmeans_n_init,
                              report=on_progress)
     fixed = heldout.kind in FIXED_KINDS
+    # a held-out population smaller than the model counts is used whole
+    grid_models, n_models = (heldout_count(count, heldout, flag="--models")[0] for count in (grid_models, n_models))
     trainer = _Trainer(model, heldout, class_major_labels(train.num_classes, ipc, steps), seed, device)
     pick = torch.randperm(len(test), generator=_generator(seed, _SELECTION))[:grid_images]
     selection = (test.images[pick], test.labels[pick])

@@ -130,8 +130,27 @@ def write_cub(root: Path) -> Path:
     return cub
 
 
-@pytest.fixture
+def write_voc_every_class(root: Path) -> Path:
+    """A VOC2007 tree under ``root`` whose trainval and test images each hold one object of every class."""
+    from ddsec.data.voc import VOC_CLASSES
+
+    voc = root / "VOCdevkit" / "VOC2007"
+    colours = [(12 * c, 255 - 12 * c, (40 * c) % 256) for c in range(len(VOC_CLASSES))]
+    boxes = [(8 * (c % 5), 8 * (c // 5), 8 * (c % 5) + 8, 8 * (c // 5) + 8, colours[c]) for c in range(len(VOC_CLASSES))]
+    objects = "".join(voc_object(name, (b[0] + 1, b[1] + 1, b[2], b[3])) for name, b in zip(VOC_CLASSES, boxes))
+    (voc / "Annotations").mkdir(parents=True)
+    for image_id in ("000001", "000002"):
+        write_jpeg(voc / "JPEGImages" / f"{image_id}.jpg", (40, 32), GREY, boxes)
+        (voc / "Annotations" / f"{image_id}.xml").write_text(f"<annotation>{objects}</annotation>")
+    (voc / "ImageSets" / "Main").mkdir(parents=True)
+    (voc / "ImageSets" / "Main" / "trainval.txt").write_text("000001\n")
+    (voc / "ImageSets" / "Main" / "test.txt").write_text("000002\n")
+    return root
+
+
+@pytest.fixture(scope="session")
 def trees() -> SimpleNamespace:
-    """Writers of tiny dataset trees: ``jpeg``, ``voc_object``, ``voc`` and ``cub`` (see above), and the colours."""
-    return SimpleNamespace(jpeg=write_jpeg, voc_object=voc_object, voc=write_voc, cub=write_cub,
-                           GREY=GREY, RED=RED, GREEN=GREEN, BLUE=BLUE)
+    """Writers of tiny dataset trees: ``jpeg``, ``voc_object``, ``voc``, ``voc_every_class`` and ``cub``
+    (see above), and the colours."""
+    return SimpleNamespace(jpeg=write_jpeg, voc_object=voc_object, voc=write_voc, voc_every_class=write_voc_every_class,
+                           cub=write_cub, GREY=GREY, RED=RED, GREEN=GREEN, BLUE=BLUE)

@@ -61,6 +61,8 @@ def adapt(
     eval_models: int = typer.Option(A.eval_models, help="Held-out source models evaluated (at most the population's size)."),
     eval_every: Optional[int] = O.EVAL_EVERY,
     baseline: list[str] = typer.Option([], help="Also evaluate: random | optimized | kmeans | average | all (repeatable)."),
+    grid_models: int = O.GRID_MODELS,
+    candidates: int = O.CANDIDATES,
     finetune_steps: int = typer.Option(0, help="Also report fine-tuning held-out source models on the whole target training set for this many Adam steps (0: skip)."),
     nproc: int = NPROC,
     json_out: bool = O.JSON,
@@ -124,8 +126,8 @@ def adapt(
         payload["finetune"] = {"steps": finetune_steps, "models": tuned.numel(), "acc_mean": float(tuned.mean()),
                                "acc_std": std}
     out.print(result_table("ddsec adapt", rows))
-    baselines = run_baselines(outcome.distilled, job, kinds, models=job.cfg.eval_models, grid_models=5, candidates=25,
-                              seed=seed, quiet=quiet) if kinds else {}
+    baselines = run_baselines(outcome.distilled, job, kinds, models=job.cfg.eval_models, grid_models=grid_models,
+                              candidates=candidates, seed=seed, quiet=quiet) if kinds else {}
     if baselines:
         out.print(baseline_table(outcome.distilled.meta, summary, baselines))
         payload["baselines"] = {kind: r.summary() for kind, r in baselines.items()}

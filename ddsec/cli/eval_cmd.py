@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Optional
 import typer
 from rich.table import Table
 
+from ddsec.cli import options as O
 from ddsec.cli.render import err, out, percent, print_json, print_notes, progress_bar, result_table, user_errors
 from ddsec.errors import DDSecError
 
@@ -63,8 +64,8 @@ def evaluate(
     seed: int = typer.Option(1, help="Seed of the held-out draws."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
     baseline: Optional[list[str]] = typer.Option(None, help=BASELINE_HELP),
-    grid_models: int = typer.Option(5, help="Baselines: models per step-size × epochs cell and per optimized candidate."),
-    candidates: int = typer.Option(25, help="Baseline optimized: random real sets scored (the best 20% are kept)."),
+    grid_models: int = O.GRID_MODELS,
+    candidates: int = O.CANDIDATES,
     protocol: Optional[str] = typer.Option(None, help="steps: replay the set as distilled; train-epochs: train fresh"
                                                      " models on its images for --epochs epochs (SGD, the DC/DSA/DM"
                                                      " protocol). Default: train-epochs for sets made by dc|dsa|dm."),

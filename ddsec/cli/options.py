@@ -30,6 +30,8 @@ FORCE = typer.Option(False, help="Start over even if an unfinished run's checkpo
 JSON = typer.Option(False, "--json", help="Print one JSON object as the last line of stdout.")
 QUIET = typer.Option(False, help="No progress bars.")
 EVAL_EVERY = typer.Option(None, help="Quick held-out accuracy every N iterations (default: 5 times a run; 0: never).")
+GRID_MODELS = typer.Option(5, help="Baselines: models per step-size × epochs cell and per optimized candidate.")
+CANDIDATES = typer.Option(25, help="Baseline optimized: random real sets scored (the best 20% are kept).")
 LEARN_LABELS = typer.Option(DistillConfig.learn_labels, help="Also learn soft labels (exported as [S, N, K] probabilities).")
 MOMENTUM = typer.Option(DistillConfig.momentum, help="Inner momentum: 0 is plain SGD (the paper); in (0, 1) the inner"
                                                      " steps use SGD with a learned momentum per step, starting here.")

@@ -64,6 +64,7 @@ def poison(
     checkpoint_seconds: float = O.CHECKPOINT_SECONDS,
     eval_models: int = typer.Option(P.eval_models, help="Held-out models evaluated (at most the population's size)."),
     baseline: list[str] = typer.Option([], help="Also run a label-flip baseline: flip-random | flip-average | flip-kmeans | all (repeatable)."),
+    grid_models: int = typer.Option(8, help="Label-flip baselines: training-population models per step-size cell."),
     nproc: int = NPROC,
     json_out: bool = O.JSON,
     quiet: bool = O.QUIET,
@@ -100,7 +101,7 @@ def poison(
 
     save_distilled(output, outcome.distilled)
     checkpoint.unlink(missing_ok=True)
-    baselines = _run_baselines(job, outcome, kinds, quiet)
+    baselines = _run_baselines(job, outcome, kinds, grid_models, quiet)
     out.print(_summary_table(output, cfg, job, outcome))
     out.print(_comparison_table(job, outcome, baselines))
     out.print(_per_class_table(job, outcome.evaluation))
@@ -113,7 +114,8 @@ def poison(
         print_json(payload)
 
 
-def _run_baselines(job: PoisonJob, outcome: PoisonOutcome, kinds: list[str], quiet: bool) -> dict[str, FlipResult]:
+def _run_baselines(job: PoisonJob, outcome: PoisonOutcome, kinds: list[str], grid_models: int,
+                   quiet: bool) -> dict[str, FlipResult]:
     from ddsec.attacks import run_flip_baseline
 
     results = {}
@@ -124,6 +126,7 @@ def _run_baselines(job: PoisonJob, outcome: PoisonOutcome, kinds: list[str], qui
                 kind, model=base.model, train_init=base.init, heldout=base.heldout, train=base.train, test=base.test,
                 attack=cfg.attack, target=cfg.target, shape=tuple(outcome.distilled.labels.shape[:2]),
                 epochs=cfg.epochs, learned_lrs=outcome.distilled.lrs, n_models=cfg.eval_models, seed=cfg.seed,
+                grid_models=grid_models,
             )
             update(i + 1, kind)
     return results

@@ -30,18 +30,7 @@ def weights(tmp_path):
 @pytest.fixture
 def voc_root(tmp_path, trees):
     """A VOC2007 tree whose trainval and test images each hold one object of every class."""
-    voc = tmp_path / "VOCdevkit" / "VOC2007"
-    colours = [(12 * c, 255 - 12 * c, (40 * c) % 256) for c in range(len(VOC_CLASSES))]
-    boxes = [(8 * (c % 5), 8 * (c // 5), 8 * (c % 5) + 8, 8 * (c // 5) + 8, colours[c]) for c in range(len(VOC_CLASSES))]
-    objects = "".join(trees.voc_object(name, (b[0] + 1, b[1] + 1, b[2], b[3])) for name, b in zip(VOC_CLASSES, boxes))
-    (voc / "Annotations").mkdir(parents=True)
-    for image_id in ("000001", "000002"):
-        trees.jpeg(voc / "JPEGImages" / f"{image_id}.jpg", (40, 32), trees.GREY, boxes)
-        (voc / "Annotations" / f"{image_id}.xml").write_text(f"<annotation>{objects}</annotation>")
-    (voc / "ImageSets" / "Main").mkdir(parents=True)
-    (voc / "ImageSets" / "Main" / "trainval.txt").write_text("000001\n")
-    (voc / "ImageSets" / "Main" / "test.txt").write_text("000002\n")
-    return tmp_path
+    return trees.voc_every_class(tmp_path)
 
 
 def test_head_is_zero_weight_unit_bias(weights):

@@ -185,3 +185,41 @@ def test_sigterm_checkpoints_and_resumes(tmp_path):
     assert proc.wait(timeout=60) == 130
     assert "--resume" in proc.stderr.read()
     assert (tmp_path / "killed.safetensors.ckpt").exists() and not out.exists()
+
+
+@pytest.mark.slow
+def test_sigkill_loses_at_most_the_checkpoint_interval_and_resume_says_where(tmp_path):
+    """A run killed with SIGKILL (no handler runs) keeps a checkpoint written by time, long before
+    its first by-iteration checkpoint (every 100 iterations); --resume says where it resumes and
+    finishes with a valid file."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from ddsec.engine import load_checkpoint
+
+    out, interval = tmp_path / "killed.safetensors", 4.0
+    ckpt = out.with_name(out.name + ".ckpt")
+    args = [sys.executable, "-m", "ddsec", "distill", "--n-models", "4", "--eval-every", "0", "--eval-models", "2",
+            "--quiet", "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([*args, "--iterations", "100000", "--checkpoint-seconds", str(interval)],
+                            stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while not ckpt.exists():
+        assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() else "no checkpoint"
+        time.sleep(0.2)
+    time.sleep(3 * interval)
+    proc.send_signal(signal.SIGKILL)
+    killed_at = time.time()
+    proc.wait(timeout=30)
+    lost = killed_at - ckpt.stat().st_mtime
+    done = load_checkpoint(ckpt).iteration
+    assert 0 < done < 100 and lost <= interval + 5, (done, lost)  # the interval plus at most one iteration
+    resumed = subprocess.run([*args, "--iterations", str(done + 2), "--resume"], stderr=subprocess.PIPE, text=True,
+                             env=env, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming from iteration {done} of {done + 2}" in resumed.stderr
+    assert load_distilled(out).lrs.shape == (30,) and not ckpt.exists()
