@@ -23,6 +23,7 @@ from ddsec.engine.distributions import (
     draw_limit,
 )
 from ddsec.engine.init import INIT_SCHEMES, init_module_, init_tensors
+from ddsec.engine.inner import SGD, Adam, InnerOptimizer
 from ddsec.engine.metagrad import MODES, MetaGradient, meta_grad, meta_grads
 from ddsec.engine.objective import ClassificationObjective, Objective, RealBatches
 from ddsec.engine.outer import DistillResult, Progress, distill
@@ -37,6 +38,9 @@ from ddsec.engine.synthetic import SyntheticSet, class_major_labels, inverse_sof
 from ddsec.engine.unroll import unroll
 
 __all__ = [
+    "SGD",
+    "Adam",
+    "InnerOptimizer",
     "DEFAULT_CHECKPOINT_SECONDS",
     "FIXED_KINDS",
     "INIT_SCHEMES",

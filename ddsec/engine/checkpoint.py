@@ -35,9 +35,10 @@ class CheckpointSchedule:
 
     every: int
     seconds: float | None = DEFAULT_CHECKPOINT_SECONDS
-    last: float = field(default_factory=time.monotonic)
+    last: float = field(init=False)
 
     def __post_init__(self) -> None:
+        self.last = time.monotonic()
         if self.every < 1:
             raise ValueError(f"checkpoints every {self.every} iterations: must be at least 1")
         if self.seconds is not None and not self.seconds > 0:

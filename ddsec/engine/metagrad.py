@@ -4,30 +4,30 @@ Wang et al., "Dataset Distillation" (arXiv 1811.10959), §3 and appendix: after 
 inner steps the outer loss ``L = ℓ(f(x_real; θ_T), y_real)`` is differentiated w.r.t. the
 synthetic images ``x̃`` and the raw step sizes ``ρ`` (``η = softplus(ρ)``). Two modes:
 
-``hvp`` (default), the reverse-mode back-gradient pass. Keep ``θ_0 … θ_T`` only; then walk
-``t = T−1 … 0`` with ``g = ∂L/∂θ_{t+1}``, rebuild ``G_t = ∇_θ ℓ_t(θ_t, x̃_s)`` with its graph and
-take one ``torch.autograd.grad(G_t, [θ_t, x̃_s], grad_outputs=g)``, which gives the
-Hessian-vector product ``H_t g`` and the mixed term ``(∂²ℓ_t/∂x̃∂θ)ᵀ g``:
+``hvp`` (default), the reverse-mode back-gradient pass. Keep ``θ_0 … θ_T`` and the inner
+optimizer's states ``s_0 … s_T`` only; then walk ``t = T−1 … 0`` with the adjoints
+``θ̄ = ∂L/∂θ_{t+1}`` and ``s̄ = ∂L/∂s_{t+1}``:
 
-- ``∂L/∂x̃_s += −η_t (∂²ℓ_t/∂x̃∂θ)ᵀ g``,
-- ``∂L/∂η_t = −G_t·g``,
-- ``∂L/∂θ_t = g − η_t H_t g``.
+- the vector-Jacobian product of the update ``(θ_{t+1}, s_{t+1}) = update(θ_t, s_t, G_t, h_t)``
+  alone (elementwise and cheap, by autograd on the optimizer value, see
+  :mod:`ddsec.engine.inner`) gives ``Ḡ = ∂L/∂G_t``, the hyper-parameter gradients ``∂L/∂h_t``
+  (step size, learned momentum), ``∂L/∂s_t`` and the direct part of ``∂L/∂θ_t``;
+- rebuild ``G_t = ∇_θ ℓ_t(θ_t, x̃_s)`` with its graph and take one
+  ``torch.autograd.grad(G_t, [θ_t, x̃_s], grad_outputs=Ḡ)``: the Hessian-vector product
+  ``H_t Ḡ`` (added to ``∂L/∂θ_t``) and the mixed term ``(∂²ℓ_t/∂x̃∂θ)ᵀ Ḡ`` (added to ``∂L/∂x̃_s``).
 
-Memory is ``O(T·|θ|)`` plus one step's graph. With ``keep_graphs=True`` the step graphs are
-kept from the forward pass instead of rebuilt (faster, ``O(T·activations)`` memory).
+For the paper's plain SGD step ``θ_{t+1} = θ_t − η_t G_t`` this is ``Ḡ = −η_t θ̄``,
+``∂L/∂η_t = −G_t·θ̄`` and ``∂L/∂θ_t = θ̄ − η_t H_t θ̄``; momentum, weight decay and Adam need
+nothing more than their ``update``. Memory is ``O(T·(|θ| + |s|))`` plus one step's graph. With
+``keep_graphs=True`` the step graphs are kept from the forward pass instead of rebuilt (faster,
+``O(T·activations)`` memory).
 
 ``autograd``, the reference: plain double-backward through the whole unroll.
 
 Both support populations (a leading model dimension on every parameter tensor): the loss and
 the gradients are then averaged over the models. When the set's labels are learned
 (``label_logits``), :func:`meta_grads` also returns their gradient: the same
-``torch.autograd.grad`` call takes the mixed term ``(∂²ℓ_t/∂ỹ∂θ)ᵀ g`` as well.
-
-With learned momenta (``v_{t+1} = μ_t v_t + G_t``, ``θ_{t+1} = θ_t − η_t v_{t+1}``) the pass also
-carries ``a = ∂L/∂v_{t+1}`` (zero at ``t = T−1``): with ``c = a − η_t g``, the same call takes
-``grad_outputs=c``, and ``∂L/∂x̃_s += (∂²ℓ_t/∂x̃∂θ)ᵀ c``, ``∂L/∂η_t = −v_{t+1}·g``,
-``∂L/∂μ_t = v_t·c``, ``∂L/∂θ_t = g + H_t c``, ``∂L/∂v_t = μ_t c``. The forward pass keeps
-``v_1 … v_T`` too, doubling the ``O(T·|θ|)`` memory.
+``torch.autograd.grad`` call takes the mixed term ``(∂²ℓ_t/∂ỹ∂θ)ᵀ Ḡ`` as well.
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ from torch import Tensor, nn
 
 from ddsec.engine.population import Params, is_stacked, population_forward, population_size
 from ddsec.engine.synthetic import SyntheticSet
-from ddsec.engine.unroll import Forward, expand_targets, heavy_ball, inner_grad, leaves, sgd_step
+from ddsec.engine.inner import SGD, InnerOptimizer
+from ddsec.engine.unroll import Forward, expand_targets, inner_grad, leaves
 
 MODES = ("hvp", "autograd")
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -90,6 +91,42 @@ def _check_inputs(model: nn.Module, synthetic: SyntheticSet, x_real: Tensor) -> 
         )
 
 
+def _detached(tensors: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    return tuple(t.detach() for t in tensors)
+
+
+def _tracked(tensors: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    return tuple(t.detach().requires_grad_(True) for t in tensors)
+
+
+def _update_adjoint(
+    optimizer: InnerOptimizer,
+    theta: tuple[Tensor, ...],
+    state: tuple[Tensor, ...],
+    grads: tuple[Tensor, ...],
+    hypers: dict[str, Tensor],
+    t: int,
+    cotangents: tuple[Tensor, ...],
+) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...], tuple[Tensor, ...], dict[str, Tensor]]:
+    """The vector-Jacobian product of one inner update ``(θ', s') = update(θ, s, G, h)``.
+
+    Args:
+        cotangents: ``∂L/∂θ'`` then ``∂L/∂s'``, flat, in the update's output order.
+
+    Returns:
+        ``(∂L/∂θ through the update alone, ∂L/∂s, ∂L/∂G, {name: ∂L/∂h})``.
+    """
+    theta, state, grads = _tracked(theta), _tracked(state), _tracked(grads)
+    hypers = {k: v.detach().requires_grad_(True) for k, v in hypers.items()}
+    with torch.enable_grad():
+        new_theta, new_state = optimizer.update(theta, state, grads, hypers, t)
+        inputs = [*theta, *state, *grads, *hypers.values()]
+        adjoint = torch.autograd.grad([*new_theta, *new_state], inputs, cotangents, allow_unused=True,
+                                      materialize_grads=True)
+    n, m = len(theta), len(state)
+    return adjoint[:n], adjoint[n:n + m], adjoint[n + m:2 * n + m], dict(zip(hypers, adjoint[2 * n + m:]))
+
+
 def _hvp(
     forward: Forward,
     theta0: Params,
@@ -98,71 +135,63 @@ def _hvp(
     y_real: Tensor,
     loss_fn: LossFn,
     keep_graphs: bool,
+    optimizer: InnerOptimizer,
 ) -> MetaGradient:
-    lrs = synthetic.lrs().detach()
-    momenta = None if synthetic.raw_momenta is None else synthetic.momenta().detach()
+    hypers = {k: v.detach() for k, v in synthetic.hypers().items()}
     images = synthetic.images.detach()
-    steps = synthetic.steps
+    steps, names = synthetic.steps, list(theta0)
 
-    # Forward: θ_0 … θ_T (and v_0 = None, v_1 … v_T with momenta), plus (θ_t leaf, x̃ leaf,
+    # Forward: θ_0 … θ_T and the optimizer states s_0 = () … s_T, plus (θ_t leaf, x̃ leaf,
     # label leaf, G_t with graph) when keeping graphs.
-    thetas: list[Params] = [{k: v.detach() for k, v in theta0.items()}]
-    velocities: list[tuple[Tensor, ...] | None] = [None]
+    thetas: list[tuple[Tensor, ...]] = [_detached(tuple(theta0.values()))]
+    states: list[tuple[Tensor, ...]] = [()]
     kept: list[tuple[Params, Tensor, Tensor | None, tuple[Tensor, ...]]] = []
     for t in range(synthetic.total_steps):
-        theta = leaves(thetas[-1])
+        theta = leaves(dict(zip(names, thetas[-1])))
         x = images[t % steps].clone().requires_grad_(keep_graphs)
         y, label_leaf = _targets(synthetic, t % steps, keep_graphs)
         grads = inner_grad(forward, theta, x, y, create_graph=keep_graphs)
         if keep_graphs:
             kept.append((theta, x, label_leaf, grads))
-        direction = grads
-        if momenta is not None:
-            direction = tuple(v.detach() for v in heavy_ball(velocities[-1], grads, momenta[t]))
-            velocities.append(direction)
-        thetas.append({k: v.detach() for k, v in sgd_step(thetas[-1], direction, lrs[t]).items()})
+        new_theta, new_state = optimizer.update(thetas[-1], states[-1], _detached(grads),
+                                                {k: v[t] for k, v in hypers.items()}, t)
+        thetas.append(_detached(new_theta))
+        states.append(_detached(new_state))
 
-    theta_T = leaves(thetas[-1])
+    theta_T = leaves(dict(zip(names, thetas[-1])))
     with torch.enable_grad():
         loss = _outer_loss(forward, theta_T, x_real, y_real, loss_fn)
-        g = torch.autograd.grad(loss, list(theta_T.values()))
+        theta_adjoint = torch.autograd.grad(loss, list(theta_T.values()))
+    state_adjoint = tuple(torch.zeros_like(v) for v in states[-1])  # L does not read the final state
 
     images_grad = torch.zeros_like(images)
-    eta_grad = torch.zeros_like(lrs)
-    mu_grad = None if momenta is None else torch.zeros_like(momenta)
+    hyper_grads = {k: torch.zeros_like(v) for k, v in hypers.items()}
     labels_grad = None if synthetic.label_logits is None else torch.zeros_like(synthetic.label_logits.detach())
-    velocity_adjoint = None  # ∂L/∂v_{t+1}, momenta only
     for t in reversed(range(synthetic.total_steps)):
         s = t % steps
         if keep_graphs:
             theta, x, label_leaf, grads = kept.pop()
         else:
-            theta = leaves(thetas[t])
+            theta = leaves(dict(zip(names, thetas[t])))
             x = images[s].clone().requires_grad_(True)
             y, label_leaf = _targets(synthetic, s, True)
             grads = inner_grad(forward, theta, x, y, create_graph=True)
-        if momenta is None:  # plain SGD: G_t's adjoint is −η_t g, applied as a scale after the call
-            direction, adjoint, scale = grads, g, -lrs[t]
-        else:
-            direction, scale = velocities[t + 1], 1.0
-            adjoint = (tuple(-lrs[t] * gi for gi in g) if velocity_adjoint is None
-                       else tuple(a - lrs[t] * gi for a, gi in zip(velocity_adjoint, g)))
-        eta_grad[t] = -sum((d.detach() * gi).sum() for d, gi in zip(direction, g))
+        through_update, state_adjoint, grads_adjoint, step_hypers = _update_adjoint(
+            optimizer, thetas[t], states[t], _detached(grads), {k: v[t] for k, v in hypers.items()}, t,
+            (*theta_adjoint, *state_adjoint))
+        for name, value in step_hypers.items():
+            hyper_grads[name][t] = value
+        # one call: the Hessian-vector product H_t·Ḡ and the mixed terms for the images and labels
         inputs = [*theta.values(), x, *([] if label_leaf is None else [label_leaf])]
-        mixed = torch.autograd.grad(grads, inputs, grad_outputs=adjoint, materialize_grads=True)
-        hg, xg = mixed[: len(theta)], mixed[len(theta)]
-        images_grad[s] += scale * xg
+        mixed = torch.autograd.grad(grads, inputs, grad_outputs=grads_adjoint, materialize_grads=True)
+        images_grad[s] += mixed[len(names)]
         if labels_grad is not None:
-            labels_grad[s] += scale * mixed[-1]
-        g = tuple(gi + scale * h for gi, h in zip(g, hg))
-        if momenta is not None:
-            if velocities[t] is not None:
-                mu_grad[t] = sum((v * c).sum() for v, c in zip(velocities[t], adjoint))
-            velocity_adjoint = tuple(momenta[t] * c for c in adjoint)
-            velocities[t + 1] = None
-        thetas[t + 1] = {}  # free θ_{t+1} as soon as it is no longer needed
-    raw_grad = eta_grad * torch.sigmoid(synthetic.raw_lrs.detach())
-    raw_mu_grad = None if mu_grad is None else mu_grad * momenta * (1 - momenta)
+            labels_grad[s] += mixed[-1]
+        theta_adjoint = tuple(a + h for a, h in zip(through_update, mixed[: len(names)]))
+        thetas[t + 1], states[t + 1] = (), ()  # free θ_{t+1} and s_{t+1} as soon as they are no longer needed
+    raw_grad = hyper_grads["lr"] * torch.sigmoid(synthetic.raw_lrs.detach())
+    momenta = hypers.get("momentum")
+    raw_mu_grad = None if momenta is None else hyper_grads["momentum"] * momenta * (1 - momenta)
     return MetaGradient(loss.detach(), images_grad, raw_grad, labels_grad, raw_mu_grad)
 
 
@@ -173,24 +202,23 @@ def _autograd(
     x_real: Tensor,
     y_real: Tensor,
     loss_fn: LossFn,
+    optimizer: InnerOptimizer,
 ) -> MetaGradient:
     images = synthetic.images.detach().requires_grad_(True)
     raw = synthetic.raw_lrs.detach().requires_grad_(True)
     logits = None if synthetic.label_logits is None else synthetic.label_logits.detach().requires_grad_(True)
     raw_mu = None if synthetic.raw_momenta is None else synthetic.raw_momenta.detach().requires_grad_(True)
     learned = [t for t in (logits, raw_mu) if t is not None]
+    names = list(theta0)
     with torch.enable_grad():
-        lrs = F.softplus(raw)
-        theta = leaves(theta0)
-        velocity = None
+        hypers = {"lr": F.softplus(raw), **({} if raw_mu is None else {"momentum": torch.sigmoid(raw_mu)})}
+        theta, state = tuple(leaves(theta0).values()), ()
         for t in range(synthetic.total_steps):
             s = t % synthetic.steps
             y = synthetic.labels[s] if logits is None else torch.softmax(logits[s], dim=-1)
-            grads = inner_grad(forward, theta, images[s], y, create_graph=True)
-            if raw_mu is not None:
-                grads = velocity = heavy_ball(velocity, grads, torch.sigmoid(raw_mu[t]))
-            theta = sgd_step(theta, grads, lrs[t])
-        loss = _outer_loss(forward, theta, x_real, y_real, loss_fn)
+            grads = inner_grad(forward, dict(zip(names, theta)), images[s], y, create_graph=True)
+            theta, state = optimizer.update(theta, state, grads, {k: v[t] for k, v in hypers.items()}, t)
+        loss = _outer_loss(forward, dict(zip(names, theta)), x_real, y_real, loss_fn)
         images_grad, raw_grad, *rest = torch.autograd.grad(loss, [images, raw, *learned], materialize_grads=True)
     labels_grad = rest.pop(0) if logits is not None else None
     mu_grad = rest.pop(0) if raw_mu is not None else None
@@ -208,6 +236,7 @@ def meta_grads(
     keep_graphs: bool = False,
     batching: str = "auto",
     loss_fn: LossFn = F.cross_entropy,
+    optimizer: InnerOptimizer = SGD(),
 ) -> MetaGradient:
     """Outer loss after the unroll, and its gradients w.r.t. the images, raw step sizes and learned labels.
 
@@ -226,6 +255,8 @@ def meta_grads(
             recomputing it (faster, more memory).
         batching: ``"auto"``, ``"vmap"`` or ``"loop"`` over a population's models.
         loss_fn: outer loss on ``(logits [B', K], targets [B'])`` returning the batch mean.
+        optimizer: the inner update rule (:mod:`ddsec.engine.inner`; default SGD with the set's
+            learned step sizes and, if learned, momenta). Both modes take any optimizer.
 
     Returns:
         ``(loss, images, raw_lrs, label_logits, raw_momenta)``: the scalar outer loss (averaged
@@ -246,8 +277,8 @@ def meta_grads(
         raise ValueError("the population is empty")
     forward = population_forward(model, batching)
     if mode == "hvp":
-        return _hvp(forward, theta0, synthetic, x_real, y_real, loss_fn, keep_graphs)
-    return _autograd(forward, theta0, synthetic, x_real, y_real, loss_fn)
+        return _hvp(forward, theta0, synthetic, x_real, y_real, loss_fn, keep_graphs, optimizer)
+    return _autograd(forward, theta0, synthetic, x_real, y_real, loss_fn, optimizer)
 
 
 def meta_grad(

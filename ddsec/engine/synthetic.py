@@ -146,6 +146,12 @@ class SyntheticSet:
         """The inner momenta ``sigmoid(raw_momenta)``: ``[T]``, or ``None`` for plain SGD."""
         return None if self.raw_momenta is None else torch.sigmoid(self.raw_momenta)
 
+    def hypers(self) -> dict[str, Tensor]:
+        """The learned inner hyper-parameters by the name an inner optimizer reads them
+        (:mod:`ddsec.engine.inner`): ``"lr"`` ``[T]`` and, when learned, ``"momentum"`` ``[T]``."""
+        momenta = self.momenta()
+        return {"lr": self.lrs(), **({} if momenta is None else {"momentum": momenta})}
+
     def targets(self, s: int) -> Tensor:
         """The inner-loss targets of step batch ``s``: ``labels[s]`` (``[N]`` or ``[N, K]``), or
         ``softmax(label_logits[s])`` ``[N, K]`` when the labels are learned."""

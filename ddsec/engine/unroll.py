@@ -1,9 +1,10 @@
-"""The inner loop: out-of-place SGD on the synthetic step batches.
+"""The inner loop: out-of-place steps of an inner optimizer on the synthetic step batches.
 
 ``θ_{t+1} = θ_t − η_t ∇_θ ℓ(f(x̃_{t mod S}; θ_t), ỹ_{t mod S})`` (Wang et al., arXiv 1811.10959,
-eq. 2), for a whole population of models at once. Parameters are plain ``dict[str, Tensor]``
-used through ``torch.func.functional_call``; nothing is updated in place. With learned momenta
-the step direction is the velocity ``v_{t+1} = μ_t v_t + g_t`` (``v_0 = 0``) instead of ``g_t``.
+eq. 2) with the default :class:`~ddsec.engine.inner.SGD`, for a whole population of models at
+once; any :class:`~ddsec.engine.inner.InnerOptimizer` (momentum, weight decay, Adam) replaces
+the plain step. Parameters are plain ``dict[str, Tensor]`` used through
+``torch.func.functional_call``; nothing is updated in place.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ddsec.engine.inner import SGD, InnerOptimizer
 from ddsec.engine.population import Params
 from ddsec.engine.synthetic import SyntheticSet
 
@@ -53,18 +55,6 @@ def inner_grad(
         return torch.autograd.grad(loss, list(theta.values()), create_graph=create_graph)
 
 
-def sgd_step(theta: Params, grads: tuple[Tensor, ...], lr: Tensor) -> Params:
-    """``θ − lr·g``, out of place."""
-    return {k: v - lr * g for (k, v), g in zip(theta.items(), grads)}
-
-
-def heavy_ball(velocity: tuple[Tensor, ...] | None, grads: tuple[Tensor, ...], momentum: Tensor) -> tuple[Tensor, ...]:
-    """The new velocity ``μ·v + g`` (just ``g`` when there is no velocity yet), out of place."""
-    if velocity is None:
-        return grads
-    return tuple(momentum * v + g for v, g in zip(velocity, grads))
-
-
 def leaves(theta: Params) -> Params:
     """Detached copies of ``theta`` that require grad (fresh autograd leaves)."""
     return {k: v.detach().requires_grad_(True) for k, v in theta.items()}
@@ -75,6 +65,7 @@ def unroll(
     params: Params,
     synthetic: SyntheticSet,
     *,
+    optimizer: InnerOptimizer = SGD(),
     on_step: Callable[[int, Params], None] | None = None,
 ) -> Params:
     """Train a population on the synthetic set without keeping any graph.
@@ -82,24 +73,23 @@ def unroll(
     Args:
         forward: ``(params [M, …], x [B, …]) -> logits [M, B, K]``.
         params: the population ``θ_0`` (leading model dimension ``M``).
-        synthetic: the step batches and step sizes; used as constants.
+        synthetic: the step batches and learned hyper-parameters; used as constants.
+        optimizer: the inner update rule (default: SGD with the set's learned step sizes, and its
+            learned momenta if it has them).
         on_step: called as ``on_step(t, θ_t)`` for ``t = 0 … T`` (before each step and at the end).
 
     Returns:
         ``θ_T``, detached, ``[M, …]`` tensors.
     """
-    lrs = synthetic.lrs().detach()
-    momenta = synthetic.momenta()
-    theta = {k: v.detach() for k, v in params.items()}
-    velocity = None
+    hypers = {k: v.detach() for k, v in synthetic.hypers().items()}
+    names = list(params)
+    theta, state = tuple(params[k].detach() for k in names), ()
     for t in range(synthetic.total_steps):
         if on_step is not None:
-            on_step(t, theta)
+            on_step(t, dict(zip(names, theta)))
         x, y = synthetic.batch(t)
-        grads = inner_grad(forward, leaves(theta), x.detach(), y.detach(), create_graph=False)
-        if momenta is not None:
-            grads = velocity = tuple(v.detach() for v in heavy_ball(velocity, grads, momenta[t].detach()))
-        theta = {k: v.detach() for k, v in sgd_step(theta, grads, lrs[t]).items()}
+        grads = inner_grad(forward, leaves(dict(zip(names, theta))), x.detach(), y.detach(), create_graph=False)
+        theta, state = optimizer.update(theta, state, grads, {k: v[t] for k, v in hypers.items()}, t)
     if on_step is not None:
-        on_step(synthetic.total_steps, theta)
-    return theta
+        on_step(synthetic.total_steps, dict(zip(names, theta)))
+    return dict(zip(names, theta))

@@ -145,3 +145,35 @@ def test_distributions():
         PopulationInit(population).sample(6, gen)
     with pytest.raises(ValueError, match="scheme"):
         RandomInit(model, "orthogonal")
+
+
+def test_resume_without_a_checkpoint_never_starts_fresh(tmp_path):
+    with pytest.raises(DDSecError, match="there is no checkpoint .*missing.ckpt to resume"):
+        distill(objective(), start_set(), iterations=2, checkpoint_path=tmp_path / "missing.ckpt", resume=True)
+    with pytest.raises(DDSecError, match="there is no checkpoint None"):
+        distill(objective(), start_set(), iterations=2, resume=True)
+
+
+def test_checkpoints_by_time_as_well_as_by_iterations(tmp_path, monkeypatch):
+    """With slow iterations (a clock that moves 25 s as each iteration reports) a 60-s interval
+    checkpoints every third iteration although ``checkpoint_every`` is 100; a resumed run reports
+    where it resumes."""
+    import ddsec.engine.checkpoint as checkpoint
+
+    clock = [0.0]
+    monkeypatch.setattr(checkpoint.time, "monotonic", lambda: clock[0])
+    events: list[tuple[int, str]] = []
+
+    def tick(progress) -> None:
+        clock[0] += 25.0
+        events.append((progress.iteration, progress.event))
+
+    ckpt = tmp_path / "run.ckpt"
+    distill(objective(), start_set(), iterations=9, checkpoint_path=ckpt, checkpoint_every=100,
+            checkpoint_seconds=60.0, on_progress=tick)
+    # 75 s after the start (iteration 4) and after that checkpoint (iteration 7), then the last iteration
+    assert [i for i, event in events if event == "checkpoint"] == [4, 7, 9]
+    events.clear()
+    distill(objective(), start_set(), iterations=11, checkpoint_path=ckpt, checkpoint_every=100, resume=True,
+            on_progress=tick)
+    assert events[0] == (9, "resume") and events[-1] == (11, "checkpoint")
