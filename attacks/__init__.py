@@ -4,25 +4,38 @@ Wang et al., "Dataset Distillation" (arXiv 1811.10959), §3.4: a few distilled i
 one SGD step on them makes already-trained classifiers predict class ``K`` as ``T`` while the
 other classes stay right. :mod:`~ddsec.attacks.poison` learns the batch over a population of
 pretrained models, :mod:`~ddsec.attacks.metrics` measures it on held-out ones, and
-:mod:`~ddsec.attacks.baselines` gives the label-flip baselines of the same size.
+:mod:`~ddsec.attacks.baselines` gives the label-flip baselines of the same size;
+:mod:`~ddsec.attacks.victims` and :mod:`~ddsec.attacks.stress` replay a batch under realistic
+victims (the robustness matrix).
 """
 
 from ddsec.attacks.baselines import FLIP_KINDS, FlipResult, run_flip_baseline
 from ddsec.attacks.metrics import AttackMetrics, AttackResult, attack_metrics, evaluate_attack, relabel
-from ddsec.attacks.poison import PoisonConfig, PoisonJob, PoisonOutcome, prepare_poison, run_poison
+from ddsec.attacks.poison import PoisonConfig, PoisonJob, PoisonOutcome, prepare_from_file, prepare_poison, run_poison
+from ddsec.attacks.stress import StressCell, random_shift, stress_matrix, train_victims
+from ddsec.attacks.victims import STANDARD_VICTIMS, Victim, parse_victim, victim_spec
 
 __all__ = [
     "FLIP_KINDS",
+    "STANDARD_VICTIMS",
     "AttackMetrics",
     "AttackResult",
     "FlipResult",
     "PoisonConfig",
     "PoisonJob",
     "PoisonOutcome",
+    "StressCell",
+    "Victim",
     "attack_metrics",
     "evaluate_attack",
+    "parse_victim",
+    "prepare_from_file",
     "prepare_poison",
+    "random_shift",
     "relabel",
     "run_flip_baseline",
     "run_poison",
+    "stress_matrix",
+    "train_victims",
+    "victim_spec",
 ]

@@ -62,6 +62,49 @@ def flip_images(kind: str, train: ImageDataset, attack: int, count: int, seed: i
     raise DDSecError(f"unknown baseline {kind!r}; choose from {', '.join(FLIP_KINDS)}")
 
 
+def select_flip_batch(
+    kind: str,
+    *,
+    model: nn.Module,
+    train_init: InitDistribution,
+    train: ImageDataset,
+    attack: int,
+    target: int,
+    shape: tuple[int, int],
+    epochs: int,
+    learned_lrs: Tensor | None,
+    grid_models: int = 8,
+    select_images: int = 2000,
+    seed: int = 0,
+) -> tuple[SyntheticSet, float | str, dict[str, float]]:
+    """The baseline's batch at its best step size, picked on the training population as an attacker could.
+
+    Args:
+        shape: ``(S, N)``, the distilled batch's steps and images per step.
+        learned_lrs: the distilled batch's step sizes ``[S·E]``, tried as one grid cell.
+        grid_models: training-population models per grid cell.
+        select_images: training images the grid is scored on.
+
+    Returns:
+        ``(batch, winning step size or "learned", accuracy w.r.t. the modified labels per cell)``.
+    """
+    steps, per_step = shape
+    device = next(model.parameters()).device
+    images = flip_images(kind, train, attack, steps * per_step, seed).view(steps, per_step, *train.image_shape)
+    labels = torch.full((steps, per_step), target, dtype=torch.int64)
+    cells: dict[str, Tensor] = {} if learned_lrs is None else {"learned": learned_lrs.detach().float().cpu()}
+    cells.update({f"{lr:g}": torch.full((steps * epochs,), lr) for lr in FLIP_LRS})
+    select = train.subset(torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:select_images])
+
+    def synthetic(lrs: Tensor) -> SyntheticSet:
+        return SyntheticSet.from_lrs(images.to(device), labels.to(device), lrs.to(device), epochs)
+
+    grid = {name: evaluate_attack(model, train_init, synthetic(lrs), select, attack=attack, target=target,
+                                 n_models=grid_models, seed=seed).after.mean()["acc_modified"] for name, lrs in cells.items()}
+    best = max(grid, key=grid.__getitem__)
+    return synthetic(cells[best]), best if best == "learned" else float(best), grid
+
+
 def run_flip_baseline(
     kind: str,
     *,
@@ -80,29 +123,15 @@ def run_flip_baseline(
     select_images: int = 2000,
     seed: int = 0,
 ) -> FlipResult:
-    """Pick the baseline's step size on the training population, then evaluate it on ``heldout``.
+    """Pick the baseline's step size on the training population (:func:`select_flip_batch`), then
+    evaluate it on ``heldout``.
 
     Args:
-        shape: ``(S, N)``, the distilled batch's steps and images per step.
-        learned_lrs: the distilled batch's step sizes ``[S·E]``, tried as one grid cell.
-        n_models: held-out models for the final evaluation.
-        grid_models: training-population models per grid cell.
-        select_images: training images the grid is scored on.
+        n_models: held-out models for the final evaluation; the others as :func:`select_flip_batch`.
     """
-    steps, per_step = shape
-    device = next(model.parameters()).device
-    images = flip_images(kind, train, attack, steps * per_step, seed).view(steps, per_step, *train.image_shape)
-    labels = torch.full((steps, per_step), target, dtype=torch.int64)
-    cells: dict[str, Tensor] = {} if learned_lrs is None else {"learned": learned_lrs.detach().float().cpu()}
-    cells.update({f"{lr:g}": torch.full((steps * epochs,), lr) for lr in FLIP_LRS})
-    select = train.subset(torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:select_images])
-
-    def synthetic(lrs: Tensor) -> SyntheticSet:
-        return SyntheticSet.from_lrs(images.to(device), labels.to(device), lrs.to(device), epochs)
-
-    grid = {name: evaluate_attack(model, train_init, synthetic(lrs), select, attack=attack, target=target,
-                                 n_models=grid_models, seed=seed).after.mean()["acc_modified"] for name, lrs in cells.items()}
-    best = max(grid, key=grid.__getitem__)
-    evaluation = evaluate_attack(model, heldout, synthetic(cells[best]), test, attack=attack, target=target,
-                                 n_models=n_models, seed=seed + 1)
-    return FlipResult(kind, evaluation, best if best == "learned" else float(best), grid)
+    batch, lr, grid = select_flip_batch(kind, model=model, train_init=train_init, train=train, attack=attack,
+                                        target=target, shape=shape, epochs=epochs, learned_lrs=learned_lrs,
+                                        grid_models=grid_models, select_images=select_images, seed=seed)
+    evaluation = evaluate_attack(model, heldout, batch, test, attack=attack, target=target, n_models=n_models,
+                                 seed=seed + 1)
+    return FlipResult(kind, evaluation, lr, grid)

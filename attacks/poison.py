@@ -223,3 +223,33 @@ def run_poison(
     )
     distilled = to_distilled(result.synthetic, meta)
     return PoisonOutcome(distilled, evaluation, transfer, result.losses, seconds)
+
+
+def prepare_from_file(
+    path: str | Path, *, data_dir: str | None = None, zoo: str | None = None, device: str = "auto",
+    heldout_population: str | None = None,
+) -> tuple[DistilledSet, PoisonJob]:
+    """Load an exported poisoning batch and rebuild its attack: data, model and held-out population.
+
+    The runtime settings (data root, zoo folder, device) may differ from the run that wrote the
+    file; ``heldout_population`` replaces the stored held-out population (e.g. a larger one).
+
+    Raises:
+        DDSecError: not a poison set (a ``distill`` or ``adapt`` set), or its data or populations
+            cannot be found.
+    """
+    from ddsec.export import load_distilled
+
+    dset = load_distilled(path)
+    if dset.meta.task != "poison":
+        raise DDSecError(f"{path} is a {dset.meta.task} set, not a poisoning batch (written by `ddsec poison`)")
+    known = set(PoisonConfig.__dataclass_fields__)
+    stored = {k: v for k, v in dset.meta.config.items() if k in known}
+    runtime = {"data_dir": data_dir, "zoo": zoo, "device": device, "download": False, "eval_population": None}
+    if heldout_population is not None:
+        runtime["heldout_population"] = heldout_population
+    try:
+        cfg = PoisonConfig(**(stored | runtime))
+    except TypeError as exc:
+        raise DDSecError(f"the file's stored config is not usable ({exc})") from None
+    return dset, prepare_poison(cfg)

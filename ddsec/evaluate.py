@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from ddsec.engine import InitDistribution, SyntheticSet, draw_limit, population_forward, select, stack_params, unroll
+from ddsec.engine import SGD, InitDistribution, InnerOptimizer, SyntheticSet, draw_limit, population_forward, select, stack_params, unroll
 from ddsec.errors import NonFiniteError
 
 
@@ -106,6 +106,7 @@ def trained_predictions(
     on_step: Callable[[int, Tensor], None] | None = None,
     chunk: int = 50,
     batching: str = "auto",
+    optimizer: InnerOptimizer = SGD(),
 ) -> tuple[Tensor, Tensor]:
     """Train ``n_models`` models drawn from ``init`` on ``synthetic``; predict the test images.
 
@@ -120,6 +121,7 @@ def trained_predictions(
             ``t = 1 … T`` of every chunk of ``m`` models.
         chunk: models trained together.
         batching: how the unroll runs the chunk's models (``auto``, ``vmap`` or ``loop``).
+        optimizer: the inner update rule (default: SGD with the set's learned step sizes).
 
     Returns:
         Predicted classes before and after the steps, int64 ``[n_models, N]`` each.
@@ -137,7 +139,7 @@ def trained_predictions(
             if on_step is not None and t > 0:
                 on_step(t, population_predictions(model, theta, test_images))
 
-        after.append(population_predictions(model, unroll(forward, params, synthetic, on_step=record), test_images))
+        after.append(population_predictions(model, unroll(forward, params, synthetic, optimizer=optimizer, on_step=record), test_images))
     return torch.cat(before), torch.cat(after)
 
 
@@ -153,18 +155,20 @@ def evaluate_synthetic(
     per_step: bool = False,
     chunk: int = 50,
     batching: str = "auto",
+    optimizer: InnerOptimizer = SGD(),
 ) -> EvalResult:
     """Accuracy of ``n_models`` models trained on ``synthetic`` (see :func:`trained_predictions`).
 
     Args:
         test_labels: int64 ``[N]``, for ``test_images`` ``[N, C, H, W]``.
         per_step: also record accuracy after every inner step.
+        optimizer: the inner update rule (see :func:`trained_predictions`).
     """
     labels = test_labels.cpu()
     curves: list[Tensor] = []
     before, after = trained_predictions(
         model, init, synthetic, test_images, n_models=n_models, generator=generator, chunk=chunk, batching=batching,
-        on_step=(lambda t, preds: curves.append((preds == labels).float().mean(1))) if per_step else None,
+        optimizer=optimizer, on_step=(lambda t, preds: curves.append((preds == labels).float().mean(1))) if per_step else None,
     )
     accuracy_before, accuracy_after = (before == labels).float().mean(1), (after == labels).float().mean(1)
     if not per_step:

@@ -36,6 +36,7 @@ from ddsec.engine.checkpoint import (
     save_checkpoint,
 )
 from ddsec.engine.distributed import PeerLostError, all_reduce_mean, broadcast_, iteration_seed, world
+from ddsec.engine.inner import SGD, InnerOptimizer
 from ddsec.engine.metagrad import meta_grads
 from ddsec.engine.objective import Objective
 from ddsec.engine.synthetic import SyntheticSet
@@ -116,6 +117,7 @@ def distill(
     mode: str = "hvp",
     keep_graphs: bool = False,
     batching: str = "auto",
+    inner_optimizer: InnerOptimizer = SGD(),
     seed: int = 0,
     checkpoint_path: str | Path | None = None,
     checkpoint_every: int = 100,
@@ -142,7 +144,9 @@ def distill(
         betas: Adam betas; the paper uses (0.5, 0.999).
         decay_every: multiply every learning rate by ``decay_factor`` every this many iterations.
         decay_factor: see ``decay_every``.
-        mode, keep_graphs, batching: passed to :func:`ddsec.engine.meta_grad`.
+        mode, keep_graphs, batching: passed to :func:`ddsec.engine.meta_grads`.
+        inner_optimizer: the inner update rule, passed to :func:`ddsec.engine.meta_grads` as its
+            ``optimizer`` (default: the paper's SGD with the learned step sizes).
         seed: seeds the generator behind every sample (θ0 draws and real batches).
         checkpoint_path: where to write checkpoints; ``None`` disables them.
         checkpoint_every: iterations between checkpoints.
@@ -239,7 +243,7 @@ def distill(
             params = objective.init.sample(n_models, generator)
             loss, images_grad, raw_grad, *learned_grads = meta_grads(
                 model, params, current, x_real, y_real, mode=mode, keep_graphs=keep_graphs,
-                batching=batching, loss_fn=objective.outer_loss,
+                batching=batching, loss_fn=objective.outer_loss, optimizer=inner_optimizer,
             )
             learned_grads = [grad for grad in learned_grads if grad is not None]  # in the order of `learned`
             if here.size > 1:
