@@ -11,6 +11,11 @@ trading attack success for accuracy on the other classes. ``θ0`` is drawn from 
 pretrained models; the batch is judged on a
 held-out population trained with disjoint seeds (and optionally on a population of another
 architecture or recipe, to measure transfer).
+
+The images are deliverable by default (:mod:`ddsec.data.pixels`): valid pixels in ``[0, 1]``,
+optionally 8-bit levels that crafting sees (``quantize="8bit"``) and an L∞ ball of radius
+``epsilon`` around the real training image each slot starts from, of the slot's own class (a
+clean-label batch); ``pixels="free"`` gives the paper's unconstrained images.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from torch import nn
 
 from ddsec.attacks.metrics import AttackResult, evaluate_attack, relabel, weighted_relabel
 from ddsec.data import ImageDataset
+from ddsec.data.pixels import PixelConstraint, pixel_report
 from ddsec.distill import (
     DistillConfig,
     DistillJob,
@@ -51,6 +57,8 @@ from ddsec.models_zoo import load_population
 from ddsec.models_zoo.zoo import check_fits, entry_name, resolve_pair, resolve_population
 
 POISON_INITS = ("population", "pretrained")
+PIXELS = ("valid", "free")
+QUANTIZE = ("none", "8bit")
 
 
 @dataclass(frozen=True)
@@ -72,6 +80,9 @@ class PoisonConfig(DistillConfig):
     attack: int = 3
     target: int = 8
     attack_weight: float = 1.0
+    pixels: str = "valid"
+    quantize: str = "none"
+    epsilon: float | None = None
     eval_population: str | None = None
     zoo: str | None = None
 
@@ -85,10 +96,19 @@ class PoisonConfig(DistillConfig):
             raise DDSecError(f"--attack-weight must be positive, got {self.attack_weight}")
         if self.attack < 0 or self.target < 0:
             raise DDSecError(f"class indices must not be negative, got --attack {self.attack} --target {self.target}")
+        if self.pixels not in PIXELS or self.quantize not in QUANTIZE:
+            raise DDSecError(f"--pixels must be valid or free and --quantize none or 8bit, got {self.pixels!r} and"
+                             f" {self.quantize!r}")
+        if self.pixels == "free" and (self.quantize != "none" or self.epsilon is not None):
+            raise DDSecError("--quantize and --epsilon constrain pixels; they need --pixels valid")
+        if self.epsilon is not None and (self.image_init != "real" or self.learn_labels):
+            raise DDSecError("--epsilon perturbs real images of each slot's own class: it needs --image-init real"
+                             " and no --learn-labels")
 
     def fingerprint(self) -> dict:
         return {**super().fingerprint(), "attack": self.attack, "target": self.target,
-                "attack_weight": self.attack_weight}
+                "attack_weight": self.attack_weight, "pixels": self.pixels, "quantize": self.quantize,
+                "epsilon": self.epsilon}
 
 
 @dataclass
@@ -114,6 +134,7 @@ class PoisonOutcome:
     transfer: AttackResult | None
     losses: torch.Tensor
     seconds: float
+    pixels: dict[str, float]
 
 
 def _check_classes(cfg: PoisonConfig, data: ImageDataset) -> None:
@@ -206,9 +227,11 @@ def run_poison(
                                   seed=cfg.seed + 7).summary()["asr_mean"]
         on_progress(progress, asr)
 
+    start_set = initial_synthetic(base)
+    constraint = pixel_constraint(cfg, train, start_set.images)
     start = time.perf_counter()
-    result = optimize(base, objective, initial_synthetic(base), checkpoint_path=checkpoint_path, resume=resume,
-                      checkpoint_seconds=checkpoint_seconds, on_progress=report)
+    result = optimize(base, objective, start_set, checkpoint_path=checkpoint_path, resume=resume,
+                      checkpoint_seconds=checkpoint_seconds, constraint=constraint, on_progress=report)
     seconds = time.perf_counter() - start
     if not world().is_main:
         return None
@@ -222,7 +245,18 @@ def run_poison(
         attack_class=cfg.attack, target_class=cfg.target,
     )
     distilled = to_distilled(result.synthetic, meta)
-    return PoisonOutcome(distilled, evaluation, transfer, result.losses, seconds)
+    anchors = None if cfg.epsilon is None else start_set.images.cpu()
+    pixels = pixel_report(distilled.images, train.mean, train.std, anchors)
+    return PoisonOutcome(distilled, evaluation, transfer, result.losses, seconds, pixels)
+
+
+def pixel_constraint(cfg: PoisonConfig, train: ImageDataset, start: torch.Tensor) -> PixelConstraint | None:
+    """The deliverability constraint of ``cfg`` (``None`` for ``pixels="free"``); ``start`` ``[S, N, C, H, W]``
+    are the anchors of an ``epsilon`` ball."""
+    if cfg.pixels == "free":
+        return None
+    return PixelConstraint(train.mean, train.std, quantize=cfg.quantize == "8bit", epsilon=cfg.epsilon,
+                           anchors=None if cfg.epsilon is None else start.detach().clone())
 
 
 def prepare_from_file(

@@ -25,6 +25,7 @@ from ddsec.engine import (
     ClassificationObjective,
     DistillResult,
     FixedInit,
+    ImageConstraint,
     InitDistribution,
     DEFAULT_CHECKPOINT_SECONDS,
     Objective,
@@ -258,16 +259,18 @@ def optimize(
     checkpoint_path: str | Path | None,
     resume: bool,
     checkpoint_seconds: float | None = DEFAULT_CHECKPOINT_SECONDS,
+    constraint: ImageConstraint | None = None,
     on_progress: Callable[[Progress], None] | None,
 ) -> DistillResult:
     """The outer loop with the job's settings (shared by every front end); checkpoints carry
-    ``job.fingerprint``."""
+    ``job.fingerprint``; ``constraint`` keeps the images deliverable (``None``: free)."""
     cfg = job.cfg
     return distill(
         objective, synthetic, iterations=cfg.iterations, n_models=distinct_draws(job.init, cfg.n_models), lr=cfg.lr,
         lr_step_sizes=cfg.lr_step_sizes, lr_momenta=cfg.lr_momenta, decay_every=cfg.decay_every, decay_factor=cfg.decay_factor, mode=cfg.mode,
         keep_graphs=cfg.keep_graphs, seed=cfg.seed, checkpoint_path=checkpoint_path, resume=resume,
-        checkpoint_seconds=checkpoint_seconds, fingerprint=job.fingerprint, on_progress=on_progress,
+        checkpoint_seconds=checkpoint_seconds, fingerprint=job.fingerprint, constraint=constraint,
+        on_progress=on_progress,
     )
 
 

@@ -54,6 +54,9 @@ def poison(
     decay_every: Optional[int] = O.DECAY_EVERY,
     mode: str = O.MODE,
     learn_labels: bool = typer.Option(P.learn_labels, help="Also learn soft labels for the images (default: each image keeps its own class, as in the paper)."),
+    pixels: str = typer.Option(P.pixels, help="valid: deliverable images, pixels in [0, 1] (default); free: the paper's unconstrained images."),
+    quantize: str = typer.Option(P.quantize, help="8bit: crafting sees 8-bit rounding, and the batch is also written as lossless PNGs; none."),
+    epsilon: Optional[str] = typer.Option(None, help="Clean-label: every image stays within this L∞ distance (pixel units, e.g. 8/255) of a real training image of its own class."),
     image_init: str = typer.Option(P.image_init, help="Start from random real images of each class (real), noise,"
                                                      " per-class k-means centroids (kmeans) or class means (average)."),
     seed: int = O.SEED,
@@ -85,6 +88,7 @@ def poison(
         zoo=zoo, n_models=n_models, iterations=iterations, batch_size=batch_size, lr=lr, lr_step_sizes=lr_step_sizes,
         distill_lr=distill_lr, decay_every=decay_every, mode=mode, image_init=image_init, seed=seed, device=device,
         eval_models=eval_models, attack=attack, target=target, attack_weight=attack_weight, learn_labels=learn_labels,
+        pixels=pixels, quantize=quantize, epsilon=None if epsilon is None else _fraction(epsilon, "--epsilon"),
     )
     default = Path("distilled") / f"poison-{dataset}-{model}-{attack}to{target}.safetensors"
     output, checkpoint = O.output_paths(out_path, default, resume=resume, force=force)
@@ -100,15 +104,23 @@ def poison(
     from ddsec.export import save_distilled
 
     save_distilled(output, outcome.distilled)
+    pngs = None
+    if cfg.quantize == "8bit" and outcome.distilled.labels.ndim == 2:
+        from ddsec.data.pixels import save_pngs
+
+        meta = outcome.distilled.meta
+        pngs = save_pngs(output.with_name(output.stem + "-png"), outcome.distilled.images, outcome.distilled.labels,
+                         meta.mean, meta.std)
     checkpoint.unlink(missing_ok=True)
     baselines = _run_baselines(job, outcome, kinds, grid_models, quiet)
-    out.print(_summary_table(output, cfg, job, outcome))
+    out.print(_summary_table(output, cfg, job, outcome, pngs))
     out.print(_comparison_table(job, outcome, baselines))
     out.print(_per_class_table(job, outcome.evaluation))
     if json_out:
         payload = {"output": str(output), "seconds": round(outcome.seconds, 3), "iterations": iterations,
                    "attack": attack, "target": target, "eval": outcome.evaluation.summary(),
-                   "baselines": {k: r.summary() for k, r in baselines.items()}}
+                   "baselines": {k: r.summary() for k, r in baselines.items()}, "pixels": outcome.pixels,
+                   "png": None if pngs is None else str(pngs)}
         if outcome.transfer is not None:
             payload["transfer"] = {"population": job.transfer[2], **outcome.transfer.summary()}
         print_json(payload)
@@ -132,10 +144,25 @@ def _run_baselines(job: PoisonJob, outcome: PoisonOutcome, kinds: list[str], gri
     return results
 
 
-def _summary_table(output: Path, cfg: P, job: PoisonJob, outcome: PoisonOutcome) -> Table:
+def _fraction(text: str, flag: str) -> float:
+    """A number written as ``0.03`` or ``8/255``."""
+    try:
+        top, _, bottom = text.partition("/")
+        return float(top) / float(bottom) if bottom else float(top)
+    except (ValueError, ZeroDivisionError):
+        raise DDSecError(f"{flag} must be a number such as 0.03 or 8/255, got {text!r}") from None
+
+
+def _summary_table(output: Path, cfg: P, job: PoisonJob, outcome: PoisonOutcome, pngs: Path | None) -> Table:
     s = outcome.evaluation.summary()
+    px = outcome.pixels
+    delivered = f"pixels {px['pixel_min']:.3f} … {px['pixel_max']:.3f}, {percent(px['outside_fraction'])} outside [0, 1]"
+    delivered += ", 8-bit" if px["8bit"] else ""
+    if "max_perturbation" in px:
+        delivered += f", max L∞ perturbation {px['max_perturbation']:.4f} (≈ {255 * px['max_perturbation']:.1f}/255)"
     rows = [
-        ("output", str(output)),
+        ("output", str(output) + ("" if pngs is None else f" and {pngs}/ (PNG + labels.csv)")),
+        ("images", f"{cfg.pixels} pixels: {delivered}"),
         ("attack", f"class {cfg.attack} → {cfg.target} on {cfg.dataset}, {cfg.model}"),
         ("batch", f"{outcome.distilled.steps} step(s) × {cfg.epochs} epoch(s) × {outcome.distilled.images_per_step}"
                   f" images, step sizes {' '.join(f'{v:.3g}' for v in outcome.distilled.lrs.tolist())}"),

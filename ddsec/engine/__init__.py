@@ -26,7 +26,7 @@ from ddsec.engine.init import INIT_SCHEMES, init_module_, init_tensors
 from ddsec.engine.inner import SGD, Adam, InnerOptimizer
 from ddsec.engine.metagrad import MODES, MetaGradient, meta_grad, meta_grads
 from ddsec.engine.objective import ClassificationObjective, Objective, RealBatches
-from ddsec.engine.outer import DistillResult, Progress, distill
+from ddsec.engine.outer import DistillResult, ImageConstraint, Progress, distill
 from ddsec.engine.population import (
     population_forward,
     population_size,
@@ -49,6 +49,7 @@ __all__ = [
     "ClassificationObjective",
     "DistillResult",
     "FixedInit",
+    "ImageConstraint",
     "InitDistribution",
     "LoopState",
     "MetaGradient",

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -43,6 +44,23 @@ from ddsec.engine.synthetic import SyntheticSet
 from ddsec.errors import DDSecError, NonFiniteError
 
 NONFINITE_POLICIES = ("stop", "backoff")
+
+
+class ImageConstraint(Protocol):
+    """Keeps the synthetic images deliverable (e.g. :class:`ddsec.data.pixels.PixelConstraint`).
+
+    The loop projects the images after every update and takes the meta-gradient at the delivered
+    images (applying it to the continuous ones: a straight-through estimator); the result is
+    the delivered set.
+    """
+
+    def project_(self, images: Tensor) -> None:
+        """Move ``images`` ``[S, N, C, H, W]`` into the allowed set, in place."""
+        ...
+
+    def deliver(self, images: Tensor) -> Tensor:
+        """The images a victim receives (e.g. rounded to 8-bit levels), ``[S, N, C, H, W]``."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -118,6 +136,7 @@ def distill(
     keep_graphs: bool = False,
     batching: str = "auto",
     inner_optimizer: InnerOptimizer = SGD(),
+    constraint: ImageConstraint | None = None,
     seed: int = 0,
     checkpoint_path: str | Path | None = None,
     checkpoint_every: int = 100,
@@ -147,6 +166,7 @@ def distill(
         mode, keep_graphs, batching: passed to :func:`ddsec.engine.meta_grads`.
         inner_optimizer: the inner update rule, passed to :func:`ddsec.engine.meta_grads` as its
             ``optimizer`` (default: the paper's SGD with the learned step sizes).
+        constraint: keeps the images deliverable (see :class:`ImageConstraint`); ``None``: free.
         seed: seeds the generator behind every sample (θ0 draws and real batches).
         checkpoint_path: where to write checkpoints; ``None`` disables them.
         checkpoint_every: iterations between checkpoints.
@@ -159,7 +179,7 @@ def distill(
         on_progress: called after every iteration (on rank 0 only, in a distributed run).
 
     Returns:
-        The learned set (detached) and the loss history.
+        The learned set (detached; its images as delivered under ``constraint``) and the loss history.
 
     Raises:
         NonFiniteError: NaN/inf under ``"stop"`` or after ``max_backoffs`` back-offs; the last
@@ -176,7 +196,16 @@ def distill(
     raw_lrs = synthetic.raw_lrs.detach().clone().requires_grad_(True)
     logits = None if synthetic.label_logits is None else synthetic.label_logits.detach().clone().requires_grad_(True)
     momenta = None if synthetic.raw_momenta is None else synthetic.raw_momenta.detach().clone().requires_grad_(True)
+    if constraint is not None:
+        constraint.project_(images)
     current = SyntheticSet(images, synthetic.labels.detach().clone(), raw_lrs, synthetic.epochs, logits, momenta)
+
+    def delivered() -> SyntheticSet:
+        """The set the victims see: ``current`` with its images delivered under ``constraint``."""
+        if constraint is None:
+            return current
+        return SyntheticSet(constraint.deliver(images), current.labels, raw_lrs, current.epochs, logits, momenta)
+
     # Every trainable tensor by its SyntheticSet attribute name (also its checkpoint key), with its
     # Adam rate; the optional ones are None when not learned.
     slots = [("images", images, lr), ("raw_lrs", raw_lrs, lr_step_sizes or lr), ("label_logits", logits, lr_labels or lr),
@@ -231,7 +260,7 @@ def distill(
     iteration = start
     if resume and on_progress is not None:
         on_progress(Progress(start, iterations, losses[-1] if losses else float("nan"),
-                             optimizer.param_groups[0]["lr"], current, "resume"))
+                             optimizer.param_groups[0]["lr"], delivered(), "resume"))
     try:
         while iteration < iterations:
             decay = decay_factor ** (iteration // decay_every) if decay_every else 1.0
@@ -242,7 +271,7 @@ def distill(
             x_real, y_real = objective.real_batch(generator)
             params = objective.init.sample(n_models, generator)
             loss, images_grad, raw_grad, *learned_grads = meta_grads(
-                model, params, current, x_real, y_real, mode=mode, keep_graphs=keep_graphs,
+                model, params, delivered(), x_real, y_real, mode=mode, keep_graphs=keep_graphs,
                 batching=batching, loss_fn=objective.outer_loss, optimizer=inner_optimizer,
             )
             learned_grads = [grad for grad in learned_grads if grad is not None]  # in the order of `learned`
@@ -262,13 +291,16 @@ def distill(
                     )
                 lr_scale *= 0.5
                 if on_progress is not None:
-                    on_progress(Progress(iteration, iterations, float(loss), optimizer.param_groups[0]["lr"], current, "backoff"))
+                    on_progress(Progress(iteration, iterations, float(loss), optimizer.param_groups[0]["lr"], delivered(),
+                                         "backoff"))
                 continue
             backoffs_in_a_row = 0
             images.grad, raw_lrs.grad = images_grad, raw_grad
             for tensor, grad in zip(learned, learned_grads):
                 tensor.grad = grad
             optimizer.step()
+            if constraint is not None:
+                constraint.project_(images)
             iteration += 1
             losses.append(float(loss))
             event = ""
@@ -276,9 +308,10 @@ def distill(
                 checkpoint(iteration)
                 event = "checkpoint" if checkpoint_path is not None else ""
             if on_progress is not None:
-                on_progress(Progress(iteration, iterations, float(loss), optimizer.param_groups[0]["lr"], current, event))
+                on_progress(Progress(iteration, iterations, float(loss), optimizer.param_groups[0]["lr"], delivered(),
+                                     event))
     except (KeyboardInterrupt, PeerLostError):
         checkpoint(iteration)
         raise
-    final = current.detached()
+    final = delivered().detached()
     return DistillResult(final, torch.tensor(losses, dtype=torch.float32), start, total_backoffs)

@@ -1,0 +1,128 @@
+"""Victims as values and the robustness matrix: specs parse (or fail in one line), the paper's
+victim reproduces the attack's own evaluation, the other victims change what they say, and
+``ddsec stress`` writes its table, JSON and heatmap."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from ddsec.attacks import (
+    STANDARD_VICTIMS,
+    PoisonConfig,
+    evaluate_attack,
+    parse_victim,
+    prepare_poison,
+    random_shift,
+    run_poison,
+    stress_matrix,
+)
+from ddsec.cli import app
+from ddsec.errors import DDSecError
+from ddsec.export import save_distilled
+from ddsec.models_zoo.train import TrainRecipe
+from ddsec.models_zoo.zoo import train_entry
+
+runner = CliRunner()
+
+
+def test_victim_specs_parse():
+    victim = parse_victim("adam lr=0.001 steps=10 wd=5e-4 mix=32 augment=2 warmup=3 after=4 name=mine")
+    assert (victim.name, victim.optimizer, victim.lr, victim.steps, victim.weight_decay) == ("mine", "adam", 0.001, 10, 5e-4)
+    assert (victim.mix, victim.augment, victim.warmup, victim.after) == (32, 2, 3, 4)
+    scaled = parse_victim("sgd lr=x0.5 momentum=0.9 placement=first")
+    assert (scaled.lr, scaled.lr_scale, scaled.momentum, scaled.placement) == (None, 0.5, 0.9, "first")
+    assert STANDARD_VICTIMS[0].name == "paper" and len({v.name for v in STANDARD_VICTIMS}) == len(STANDARD_VICTIMS)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("", "empty victim spec"),
+    ("sgd lr", "cannot read 'lr'"),
+    ("sgd speed=3", "cannot read 'speed=3'"),
+    ("sgd mix=many", "mix=many is not a number"),
+    ("sgd mix=-1", "mix must not be negative"),
+    ("sgd lr=0", "lr must be positive"),
+    ("adam momentum=0.9", "momentum is an SGD setting"),
+    ("sgd placement=middle", "placement must be every or first"),
+])
+def test_bad_victim_specs_are_one_line(spec, message):
+    with pytest.raises(DDSecError, match=message):
+        parse_victim(spec)
+
+
+def test_random_shift_moves_each_image_within_bounds():
+    images = torch.zeros(8, 1, 6, 6)
+    images[:, :, 2:4, 2:4] = 1.0
+    shifted = random_shift(images, 2, torch.Generator().manual_seed(0))
+    assert shifted.shape == images.shape and torch.equal(shifted.sum((1, 2, 3)), images.sum((1, 2, 3)))
+    assert not torch.equal(shifted, images)
+    assert torch.equal(random_shift(images, 0, torch.Generator()), images)
+
+
+@pytest.fixture(scope="module")
+def attack(tmp_path_factory):
+    """A tiny 3 → 8 batch learned over 6 digits MLPs, judged on 3 held-out ones."""
+    root = tmp_path_factory.mktemp("zoo")
+    train_entry("digits-mlp", dataset="digits", model_name="mlp", count=6, heldout=3, root=root,
+                recipe=TrainRecipe(steps=100, lr=0.01))
+    cfg = PoisonConfig(model="mlp", zoo=str(root), n_models=4, iterations=40, lr=0.03, distill_lr=0.05,
+                       batch_size=128, eval_models=3, device="cpu")
+    job = prepare_poison(cfg)
+    return root, job, run_poison(job)
+
+
+def test_paper_victim_is_the_attack_s_own_evaluation_and_mixing_dilutes_it(attack):
+    _, job, outcome = attack
+    base = job.base
+    poison = outcome.distilled
+    from ddsec.engine import SyntheticSet
+
+    batch = SyntheticSet.from_lrs(poison.images, poison.labels, poison.lrs, poison.meta.epochs)
+    victims = [parse_victim("sgd name=paper"), parse_victim("sgd mix=128"), parse_victim("sgd lr=x0.25")]
+    cells = stress_matrix(base.model, base.heldout, batch, victims, base.train, base.test, attack=3, target=8,
+                          n_models=3, seed=5)
+    own = evaluate_attack(base.model, base.heldout, batch, base.test, attack=3, target=8, n_models=3, seed=5)
+    assert torch.equal(cells[0].batch.after.asr, own.after.asr)  # same models, same step: the same figure
+    paper, mixed, small = (cell.batch.summary()["asr_mean"] for cell in cells)
+    assert paper > own.summary()["asr_before"] + 0.1
+    assert mixed < paper and small < paper
+
+
+def test_stress_cli_writes_table_json_and_heatmap(attack, tmp_path):
+    zoo, _, outcome = attack
+    path = tmp_path / "batch.safetensors"
+    save_distilled(path, outcome.distilled)
+    result = runner.invoke(app, ["stress", str(path), "--zoo", str(zoo), "--models", "2", "--baseline", "flip-average",
+                                 "--victim", "sgd lr=x0.5 mix=16 name=half-mixed", "--quiet", "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout.strip().splitlines()[-1])
+    names = [row["victim"]["name"] for row in payload["victims"]]
+    assert names == [v.name for v in STANDARD_VICTIMS] + ["half-mixed"] and payload["models"] == 2
+    assert set(payload["victims"][0]["baselines"]) == {"flip-average"}
+    assert (tmp_path / "batch.stress.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "mixed-into-32-clean" in result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--victim", "sgd mix=lots"], "mix=lots is not a number"),
+    (["--baseline", "flip-nothing"], "unknown --baseline 'flip-nothing'"),
+    (["--no-standard"], "no victims"),
+])
+def test_stress_cli_errors_are_one_line(attack, tmp_path, args, message):
+    zoo, _, outcome = attack
+    path = tmp_path / "batch.safetensors"
+    save_distilled(path, outcome.distilled)
+    result = runner.invoke(app, ["stress", str(path), "--zoo", str(zoo), "--quiet", *args])
+    assert result.exit_code == 1 and message in result.stderr and "Traceback" not in result.output
+
+
+def test_stress_refuses_a_distill_set(tmp_path):
+    out = tmp_path / "d.safetensors"
+    made = runner.invoke(app, ["distill", "--model", "test_cnn", "--steps", "1", "--epochs", "1", "--iterations", "1",
+                               "--n-models", "1", "--eval-models", "1", "--quiet", "--out", str(out)])
+    assert made.exit_code == 0, made.output
+    result = runner.invoke(app, ["stress", str(out), "--quiet"])
+    assert result.exit_code == 1 and "is a distill set, not a poisoning batch" in result.stderr
