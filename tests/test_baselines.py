@@ -45,12 +45,12 @@ def test_every_kind_gives_accuracies_for_the_requested_models(kind, digits, mode
     result = run(kind, digits, model, n_models=3, learned_lrs=torch.full((STEPS * EPOCHS,), 0.05),
                  on_progress=lambda stage, done, total: stages.append((stage, done, total)))
     assert result.kind == kind and result.evaluation.models == 3
-    for acc in (result.evaluation.before, result.evaluation.after):
-        assert ((acc >= 0) & (acc <= 1)).all()
+    if kind != "knn":  # real images of every class, trained on: far above the untrained models
+        assert result.evaluation.after.mean() > result.evaluation.before.mean() + 0.2, result.evaluation
     assert stages and all(1 <= done <= total for _, done, total in stages)
     if kind == "knn":
         assert result.lr is None and result.epochs is None and result.grid == {}
-        assert 0 <= result.details["kmeans_knn_acc"] <= 1
+        assert result.details["kmeans_knn_acc"] > 0.5  # 1-NN on class centroids of digits
     else:
         assert set(result.grid) == {"lr=learned,epochs=1", "lr=0.01,epochs=1", "lr=0.1,epochs=1"}
         assert result.grid[f"lr={result.lr},epochs={result.epochs}"] == max(result.grid.values())

@@ -22,7 +22,7 @@ def last_json(output: str) -> dict:
 @pytest.fixture(scope="module")
 def distilled(tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "set.safetensors"
-    result = runner.invoke(app, ["distill", *TINY, "--out", str(out), "--json"])
+    result = runner.invoke(app, ["distill", *TINY, "--distill-lr", "1.0", "--out", str(out), "--json"])
     assert result.exit_code == 0, result.output
     return out, last_json(result.stdout)
 
@@ -32,8 +32,7 @@ def test_distill_writes_a_loadable_set_and_json(distilled):
     assert payload["output"] == str(out)
     ev = payload["eval"]
     assert ev["models"] == 2
-    for key in ("acc_before_mean", "acc_mean", "acc_std"):
-        assert 0.0 <= ev[key] <= 1.0
+    assert ev["acc_mean"] > ev["acc_before_mean"] + 0.1, ev  # two steps on 20 distilled images already teach
     dset = load_distilled(out)
     assert dset.images.shape == (2, 10, 1, 28, 28)
     assert dset.meta.task == "distill" and dset.meta.model == "test_cnn" and dset.lrs.shape == (2,)
@@ -139,7 +138,7 @@ def test_eval_with_baselines_adds_them_to_the_json(distilled):
     assert set(payload["baselines"]) == {"random", "knn"}
     random_real = payload["baselines"]["random"]
     assert {"acc_mean", "acc_std", "acc_before_mean", "models", "lr", "epochs"} <= set(random_real)
-    assert random_real["models"] == 2 and 0.0 <= random_real["acc_mean"] <= 1.0
+    assert random_real["models"] == 2 and random_real["acc_mean"] > random_real["acc_before_mean"] + 0.05, random_real
     assert f"lr={random_real['lr']},epochs={random_real['epochs']}" in random_real["grid"]
     assert payload["baselines"]["knn"]["lr"] is None
 
@@ -155,11 +154,12 @@ def test_unknown_baseline_is_one_line_exit_1(distilled):
 @pytest.mark.realdata
 def test_distill_and_eval_on_real_mnist(data_root, tmp_path):
     out = tmp_path / "mnist.safetensors"
-    result = runner.invoke(app, ["distill", *TINY, "--dataset", "mnist", "--data-dir", str(data_root),
-                                 "--out", str(out), "--json"])
+    result = runner.invoke(app, ["distill", *TINY, "--distill-lr", "1.0", "--dataset", "mnist", "--data-dir",
+                                 str(data_root), "--out", str(out), "--json"])
     assert result.exit_code == 0, result.output
     payload = last_json(result.stdout)
-    assert payload["eval"]["models"] == 2 and 0.0 <= payload["eval"]["acc_mean"] <= 1.0
+    assert payload["eval"]["models"] == 2
+    assert payload["eval"]["acc_mean"] > payload["eval"]["acc_before_mean"] + 0.03, payload["eval"]
     again = runner.invoke(app, ["eval", str(out), "--models", "2", "--data-dir", str(data_root), "--json"])
     assert again.exit_code == 0, again.output
     assert last_json(again.stdout)["eval"]["models"] == 2
