@@ -97,13 +97,13 @@ def test_tiny_attack_moves_class_k_to_t_on_heldout_models(zoo):
 
 def test_cli_json_and_export(zoo, tmp_path):
     out = tmp_path / "p.safetensors"
-    result = runner.invoke(app, ["poison", "--zoo", str(zoo), "--model", "mlp", "--iterations", "2",
-                                 "--n-models", "2", "--eval-models", "2", "--batch-size", "64", "--out", str(out),
+    result = runner.invoke(app, ["poison", "--zoo", str(zoo), "--model", "mlp", "--iterations", "8", "--lr", "0.2",
+                                 "--distill-lr", "0.3", "--n-models", "2", "--eval-models", "2", "--batch-size", "64", "--out", str(out),
                                  "--eval-population", "digits-mlp", "--learn-labels", "--attack-weight", "3", "--quiet", "--json"])
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout.strip().splitlines()[-1])
     assert set(payload["eval"]) >= {"asr_mean", "asr_std", "acc_other_before", "acc_other_after", "acc_modified_mean"}
-    assert payload["eval"]["asr_mean"] > payload["eval"]["asr_before"], payload["eval"]  # two steps already move 3 → 8
+    assert payload["eval"]["asr_mean"] > payload["eval"]["asr_before"], payload["eval"]  # eight outer iterations already move 3 → 8
     assert payload["transfer"]["models"] == 2 and payload["output"] == str(out)
     dset = load_distilled(out)
     assert dset.meta.task == "poison" and dset.meta.config["learn_labels"] and dset.meta.config["attack_weight"] == 3
