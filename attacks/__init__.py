@@ -12,7 +12,7 @@ victims (the robustness matrix).
 from ddsec.attacks.baselines import FLIP_KINDS, FlipResult, run_flip_baseline
 from ddsec.attacks.metrics import AttackMetrics, AttackResult, attack_metrics, evaluate_attack, relabel
 from ddsec.attacks.poison import PoisonConfig, PoisonJob, PoisonOutcome, prepare_from_file, prepare_poison, run_poison
-from ddsec.attacks.stress import StressCell, random_shift, stress_matrix, train_victims
+from ddsec.attacks.stress import StressCell, stress_matrix, train_victims
 from ddsec.attacks.victims import STANDARD_VICTIMS, Victim, parse_victim, victim_spec
 
 __all__ = [
@@ -31,7 +31,6 @@ __all__ = [
     "parse_victim",
     "prepare_from_file",
     "prepare_poison",
-    "random_shift",
     "relabel",
     "run_flip_baseline",
     "run_poison",

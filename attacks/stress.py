@@ -9,53 +9,18 @@ step sizes) go through the same victims, so every cell has its anchor.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
 from ddsec.attacks.metrics import AttackResult, attack_metrics
 from ddsec.attacks.victims import Victim
 from ddsec.data import ImageDataset
-from ddsec.engine import InitDistribution, SyntheticSet, distinct_draws, population_forward
+from ddsec.engine import InitDistribution, SyntheticSet, distinct_draws, population_forward, unroll
 from ddsec.engine.population import Params
-from ddsec.engine.unroll import inner_grad, leaves
 from ddsec.evaluate import population_predictions
-
-
-def random_shift(images: Tensor, pixels: int, generator: torch.Generator) -> Tensor:
-    """Every image moved by its own random offset of up to ``pixels`` in each direction, the
-    uncovered border zero (the mean pixel in normalised space): float ``[N, C, H, W]``."""
-    if pixels == 0:
-        return images
-    height, width = images.shape[-2:]
-    padded = F.pad(images, (pixels,) * 4)
-    offsets = torch.randint(0, 2 * pixels + 1, (images.shape[0], 2), generator=generator).tolist()
-    return torch.stack([padded[i, :, dy:dy + height, dx:dx + width] for i, (dy, dx) in enumerate(offsets)])
-
-
-@dataclass(frozen=True)
-class _Step:
-    """One victim step: poisoned (batch step ``s``) or clean, with its step size."""
-
-    poison: int | None
-    lr: float
-
-
-def _plan(victim: Victim, poison: SyntheticSet) -> Iterator[_Step]:
-    """The victim's steps in order: warm-up, the ``K`` poisoned (or first-poisoned) steps, after."""
-    learned = poison.lrs().detach().cpu().tolist()
-    clean = _Step(None, victim.clean_lr)
-    yield from [clean] * victim.warmup
-    for k in range(victim.steps or poison.total_steps):
-        if victim.placement == "first" and k > 0:
-            yield clean
-        else:
-            lr = victim.lr if victim.lr is not None else learned[k % len(learned)] * victim.lr_scale
-            yield _Step(k % poison.steps, lr)
-    yield from [clean] * victim.after
 
 
 def train_victims(
@@ -73,26 +38,10 @@ def train_victims(
     Returns:
         Detached ``[M, …]`` parameters.
     """
-    forward = population_forward(model, "auto")
-    optimizer = victim.inner_optimizer()
-    names = list(params)
-    theta, state = tuple(params[k].detach() for k in names), ()
-    device = theta[0].device
-    for i, step in enumerate(_plan(victim, poison)):
-        count = victim.clean_batch if step.poison is None else victim.mix
-        pick = torch.randperm(len(clean), generator=generator)[:count]
-        x, y = clean.images[pick].to(device), clean.labels[pick].to(device)
-        if step.poison is not None:
-            x_p, y_p = (t.detach() for t in poison.batch(step.poison))
-            if y_p.ndim == 2:  # soft labels: the clean images' one-hot rows beside them
-                y = F.one_hot(y, y_p.shape[-1]).to(y_p.dtype)
-            x, y = torch.cat([x_p, x]), torch.cat([y_p, y])
-        x = random_shift(x, victim.augment, generator)
-        grads = inner_grad(forward, leaves(dict(zip(names, theta))), x, y, create_graph=False)
-        lr = torch.tensor(step.lr, dtype=x.dtype, device=device)
-        theta, state = optimizer.update(theta, tuple(s.detach() for s in state), grads, {"lr": lr}, i)
-        theta = tuple(t.detach() for t in theta)
-    return dict(zip(names, theta))
+    device = poison.images.device
+    plan = victim.plan((poison.steps, poison.images.shape[1], poison.total_steps), clean, generator, device)
+    return unroll(population_forward(model, "auto"), params, poison.detached(), optimizer=victim.inner_optimizer(),
+                  plan=plan)
 
 
 @dataclass(frozen=True)

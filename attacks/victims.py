@@ -17,7 +17,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from ddsec.engine import SGD, Adam, InnerOptimizer
+import torch
+
+from ddsec.data import ImageDataset
+from ddsec.engine import SGD, Adam, InnerOptimizer, InnerStep
 from ddsec.errors import DDSecError
 
 OPTIMIZERS = ("sgd", "adam")
@@ -88,6 +91,40 @@ class Victim:
         if self.optimizer == "adam":
             return Adam(weight_decay=self.weight_decay)
         return SGD(momentum=self.momentum, weight_decay=self.weight_decay)
+
+    def plan(self, shape: tuple[int, int, int], clean: ImageDataset, generator: torch.Generator,
+             device: torch.device | str = "cpu") -> list[InnerStep]:
+        """The victim's inner steps on a batch of ``shape = (S, N, T)`` (step batches, images per
+        step, learned step sizes), with every clean draw and shift made now from ``generator``:
+        warm-up, the ``K`` poisoned (or first-poisoned) steps, then the clean steps after.
+        Crafting (the meta-gradient) and evaluation (the unroll) replay the same plan."""
+        steps, per_step, total = shape
+
+        def shifts(count: int) -> dict:
+            if not self.augment:
+                return {}
+            return {"offsets": torch.randint(0, 2 * self.augment + 1, (count, 2), generator=generator),
+                    "pad": self.augment}
+
+        def clean_images(count: int) -> dict:
+            if not count:
+                return {}
+            pick = torch.randperm(len(clean), generator=generator)[:count]
+            return {"clean_images": clean.images[pick].to(device), "clean_labels": clean.labels[pick].to(device)}
+
+        def clean_step() -> InnerStep:
+            batch = clean_images(self.clean_batch)
+            return InnerStep(None, lr=self.clean_lr, **batch, **shifts(len(batch["clean_labels"])))
+
+        plan = [clean_step() for _ in range(self.warmup)]
+        for k in range(self.steps or total):
+            if self.placement == "first" and k > 0:
+                plan.append(clean_step())
+                continue
+            rate = {"lr": self.lr} if self.lr is not None else {"lr_index": k % total, "lr_scale": self.lr_scale}
+            batch = clean_images(self.mix)
+            plan.append(InnerStep(k % steps, **rate, **batch, **shifts(per_step + len(batch.get("clean_labels", ())))))
+        return plan + [clean_step() for _ in range(self.after)]
 
 
 _KEYS = {"lr", "momentum", "wd", "mix", "steps", "placement", "augment", "warmup", "after", "clean-lr",

@@ -27,6 +27,7 @@ from ddsec.engine.inner import SGD, Adam, InnerOptimizer
 from ddsec.engine.metagrad import MODES, MetaGradient, meta_grad, meta_grads
 from ddsec.engine.objective import ClassificationObjective, Objective, RealBatches
 from ddsec.engine.outer import DistillResult, ImageConstraint, Progress, distill
+from ddsec.engine.schedule import InnerStep, replay, shift_images
 from ddsec.engine.population import (
     population_forward,
     population_size,
@@ -41,6 +42,7 @@ __all__ = [
     "SGD",
     "Adam",
     "InnerOptimizer",
+    "InnerStep",
     "DEFAULT_CHECKPOINT_SECONDS",
     "FIXED_KINDS",
     "INIT_SCHEMES",
@@ -74,9 +76,11 @@ __all__ = [
     "population_forward",
     "population_size",
     "require_checkpoint",
+    "replay",
     "resolve_batching",
     "save_checkpoint",
     "select",
+    "shift_images",
     "stack_params",
     "unroll",
     "world",

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ddsec.engine.population import Params, is_stacked, population_forward, population_size
+from ddsec.engine.schedule import InnerStep, replay
 from ddsec.engine.synthetic import SyntheticSet
 from ddsec.engine.inner import SGD, InnerOptimizer
 from ddsec.engine.unroll import Forward, expand_targets, inner_grad, leaves
@@ -127,6 +128,21 @@ def _update_adjoint(
     return adjoint[:n], adjoint[n:n + m], adjoint[n + m:2 * n + m], dict(zip(hypers, adjoint[2 * n + m:]))
 
 
+def _step_batch(
+    synthetic: SyntheticSet, images: Tensor, step: InnerStep, track: bool
+) -> tuple[Tensor | None, Tensor | None, Tensor, Tensor]:
+    """``(image leaf, label leaf, inputs, targets)`` of one inner step; the leaves are ``None`` when
+    the step has no synthetic images (or, for labels, when they are not learned)."""
+    if step.slot is None:
+        x, y = step.batch(None, None)
+        return None, None, x, y
+    leaf = images[step.slot].clone().requires_grad_(track)
+    y, label_leaf = _targets(synthetic, step.slot, track)
+    with torch.enable_grad():
+        x, y = step.batch(leaf, y)
+    return leaf, label_leaf, x, y
+
+
 def _hvp(
     forward: Forward,
     theta0: Params,
@@ -136,25 +152,24 @@ def _hvp(
     loss_fn: LossFn,
     keep_graphs: bool,
     optimizer: InnerOptimizer,
+    plan: list[InnerStep],
 ) -> MetaGradient:
-    hypers = {k: v.detach() for k, v in synthetic.hypers().items()}
+    learned = {k: v.detach() for k, v in synthetic.hypers().items()}
     images = synthetic.images.detach()
-    steps, names = synthetic.steps, list(theta0)
+    names = list(theta0)
 
     # Forward: θ_0 … θ_T and the optimizer states s_0 = () … s_T, plus (θ_t leaf, x̃ leaf,
     # label leaf, G_t with graph) when keeping graphs.
     thetas: list[tuple[Tensor, ...]] = [_detached(tuple(theta0.values()))]
     states: list[tuple[Tensor, ...]] = [()]
-    kept: list[tuple[Params, Tensor, Tensor | None, tuple[Tensor, ...]]] = []
-    for t in range(synthetic.total_steps):
+    kept: list[tuple[Params, Tensor | None, Tensor | None, tuple[Tensor, ...]]] = []
+    for t, step in enumerate(plan):
         theta = leaves(dict(zip(names, thetas[-1])))
-        x = images[t % steps].clone().requires_grad_(keep_graphs)
-        y, label_leaf = _targets(synthetic, t % steps, keep_graphs)
+        leaf, label_leaf, x, y = _step_batch(synthetic, images, step, keep_graphs)
         grads = inner_grad(forward, theta, x, y, create_graph=keep_graphs)
         if keep_graphs:
-            kept.append((theta, x, label_leaf, grads))
-        new_theta, new_state = optimizer.update(thetas[-1], states[-1], _detached(grads),
-                                                {k: v[t] for k, v in hypers.items()}, t)
+            kept.append((theta, leaf, label_leaf, grads))
+        new_theta, new_state = optimizer.update(thetas[-1], states[-1], _detached(grads), step.hypers(learned), t)
         thetas.append(_detached(new_theta))
         states.append(_detached(new_state))
 
@@ -165,32 +180,33 @@ def _hvp(
     state_adjoint = tuple(torch.zeros_like(v) for v in states[-1])  # L does not read the final state
 
     images_grad = torch.zeros_like(images)
-    hyper_grads = {k: torch.zeros_like(v) for k, v in hypers.items()}
+    hyper_grads = {k: torch.zeros_like(v) for k, v in learned.items()}
     labels_grad = None if synthetic.label_logits is None else torch.zeros_like(synthetic.label_logits.detach())
-    for t in reversed(range(synthetic.total_steps)):
-        s = t % steps
+    for t in reversed(range(len(plan))):
+        step = plan[t]
         if keep_graphs:
-            theta, x, label_leaf, grads = kept.pop()
+            theta, leaf, label_leaf, grads = kept.pop()
         else:
             theta = leaves(dict(zip(names, thetas[t])))
-            x = images[s].clone().requires_grad_(True)
-            y, label_leaf = _targets(synthetic, s, True)
+            leaf, label_leaf, x, y = _step_batch(synthetic, images, step, True)
             grads = inner_grad(forward, theta, x, y, create_graph=True)
         through_update, state_adjoint, grads_adjoint, step_hypers = _update_adjoint(
-            optimizer, thetas[t], states[t], _detached(grads), {k: v[t] for k, v in hypers.items()}, t,
+            optimizer, thetas[t], states[t], _detached(grads), step.hypers(learned), t,
             (*theta_adjoint, *state_adjoint))
-        for name, value in step_hypers.items():
-            hyper_grads[name][t] = value
+        if step.lr_index is not None:
+            for name, value in step_hypers.items():
+                hyper_grads[name][step.lr_index] += value * (step.lr_scale if name == "lr" else 1.0)
         # one call: the Hessian-vector product H_t·Ḡ and the mixed terms for the images and labels
-        inputs = [*theta.values(), x, *([] if label_leaf is None else [label_leaf])]
-        mixed = torch.autograd.grad(grads, inputs, grad_outputs=grads_adjoint, materialize_grads=True)
-        images_grad[s] += mixed[len(names)]
-        if labels_grad is not None:
-            labels_grad[s] += mixed[-1]
+        extra = [v for v in (leaf, label_leaf) if v is not None]
+        mixed = torch.autograd.grad(grads, [*theta.values(), *extra], grad_outputs=grads_adjoint, materialize_grads=True)
+        if leaf is not None:
+            images_grad[step.slot] += mixed[len(names)]
+        if label_leaf is not None:
+            labels_grad[step.slot] += mixed[-1]
         theta_adjoint = tuple(a + h for a, h in zip(through_update, mixed[: len(names)]))
         thetas[t + 1], states[t + 1] = (), ()  # free θ_{t+1} and s_{t+1} as soon as they are no longer needed
     raw_grad = hyper_grads["lr"] * torch.sigmoid(synthetic.raw_lrs.detach())
-    momenta = hypers.get("momentum")
+    momenta = learned.get("momentum")
     raw_mu_grad = None if momenta is None else hyper_grads["momentum"] * momenta * (1 - momenta)
     return MetaGradient(loss.detach(), images_grad, raw_grad, labels_grad, raw_mu_grad)
 
@@ -203,23 +219,28 @@ def _autograd(
     y_real: Tensor,
     loss_fn: LossFn,
     optimizer: InnerOptimizer,
+    plan: list[InnerStep],
 ) -> MetaGradient:
     images = synthetic.images.detach().requires_grad_(True)
     raw = synthetic.raw_lrs.detach().requires_grad_(True)
     logits = None if synthetic.label_logits is None else synthetic.label_logits.detach().requires_grad_(True)
     raw_mu = None if synthetic.raw_momenta is None else synthetic.raw_momenta.detach().requires_grad_(True)
-    learned = [t for t in (logits, raw_mu) if t is not None]
+    learned_tensors = [t for t in (logits, raw_mu) if t is not None]
     names = list(theta0)
     with torch.enable_grad():
-        hypers = {"lr": F.softplus(raw), **({} if raw_mu is None else {"momentum": torch.sigmoid(raw_mu)})}
+        learned = {"lr": F.softplus(raw), **({} if raw_mu is None else {"momentum": torch.sigmoid(raw_mu)})}
         theta, state = tuple(leaves(theta0).values()), ()
-        for t in range(synthetic.total_steps):
-            s = t % synthetic.steps
-            y = synthetic.labels[s] if logits is None else torch.softmax(logits[s], dim=-1)
-            grads = inner_grad(forward, dict(zip(names, theta)), images[s], y, create_graph=True)
-            theta, state = optimizer.update(theta, state, grads, {k: v[t] for k, v in hypers.items()}, t)
+        for t, step in enumerate(plan):
+            if step.slot is None:
+                x, y = step.batch(None, None)
+            else:
+                y = synthetic.labels[step.slot] if logits is None else torch.softmax(logits[step.slot], dim=-1)
+                x, y = step.batch(images[step.slot], y)
+            grads = inner_grad(forward, dict(zip(names, theta)), x, y, create_graph=True)
+            theta, state = optimizer.update(theta, state, grads, step.hypers(learned), t)
         loss = _outer_loss(forward, dict(zip(names, theta)), x_real, y_real, loss_fn)
-        images_grad, raw_grad, *rest = torch.autograd.grad(loss, [images, raw, *learned], materialize_grads=True)
+        images_grad, raw_grad, *rest = torch.autograd.grad(loss, [images, raw, *learned_tensors],
+                                                           materialize_grads=True)
     labels_grad = rest.pop(0) if logits is not None else None
     mu_grad = rest.pop(0) if raw_mu is not None else None
     return MetaGradient(loss.detach(), images_grad, raw_grad, labels_grad, mu_grad)
@@ -237,6 +258,7 @@ def meta_grads(
     batching: str = "auto",
     loss_fn: LossFn = F.cross_entropy,
     optimizer: InnerOptimizer = SGD(),
+    plan: list[InnerStep] | None = None,
 ) -> MetaGradient:
     """Outer loss after the unroll, and its gradients w.r.t. the images, raw step sizes and learned labels.
 
@@ -257,6 +279,9 @@ def meta_grads(
         loss_fn: outer loss on ``(logits [B', K], targets [B'])`` returning the batch mean.
         optimizer: the inner update rule (:mod:`ddsec.engine.inner`; default SGD with the set's
             learned step sizes and, if learned, momenta). Both modes take any optimizer.
+        plan: what each inner step trains on (:mod:`ddsec.engine.schedule`: clean images mixed
+            in, shifts, clean steps, scaled or fixed step sizes); default: the set replayed as
+            distilled.
 
     Returns:
         ``(loss, images, raw_lrs, label_logits, raw_momenta)``: the scalar outer loss (averaged
@@ -276,9 +301,10 @@ def meta_grads(
     if population_size(theta0) < 1:
         raise ValueError("the population is empty")
     forward = population_forward(model, batching)
+    plan = replay(synthetic.steps, synthetic.total_steps) if plan is None else plan
     if mode == "hvp":
-        return _hvp(forward, theta0, synthetic, x_real, y_real, loss_fn, keep_graphs, optimizer)
-    return _autograd(forward, theta0, synthetic, x_real, y_real, loss_fn, optimizer)
+        return _hvp(forward, theta0, synthetic, x_real, y_real, loss_fn, keep_graphs, optimizer, plan)
+    return _autograd(forward, theta0, synthetic, x_real, y_real, loss_fn, optimizer, plan)
 
 
 def meta_grad(

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from ddsec.engine.inner import SGD, InnerOptimizer
 from ddsec.engine.population import Params
+from ddsec.engine.schedule import InnerStep, replay
 from ddsec.engine.synthetic import SyntheticSet
 
 Forward = Callable[[Params, Tensor], Tensor]
@@ -66,6 +67,7 @@ def unroll(
     synthetic: SyntheticSet,
     *,
     optimizer: InnerOptimizer = SGD(),
+    plan: list[InnerStep] | None = None,
     on_step: Callable[[int, Params], None] | None = None,
 ) -> Params:
     """Train a population on the synthetic set without keeping any graph.
@@ -76,20 +78,26 @@ def unroll(
         synthetic: the step batches and learned hyper-parameters; used as constants.
         optimizer: the inner update rule (default: SGD with the set's learned step sizes, and its
             learned momenta if it has them).
+        plan: what each step trains on (:mod:`ddsec.engine.schedule`); default: the set replayed
+            as distilled.
         on_step: called as ``on_step(t, θ_t)`` for ``t = 0 … T`` (before each step and at the end).
 
     Returns:
         ``θ_T``, detached, ``[M, …]`` tensors.
     """
-    hypers = {k: v.detach() for k, v in synthetic.hypers().items()}
+    learned = {k: v.detach() for k, v in synthetic.hypers().items()}
+    plan = replay(synthetic.steps, synthetic.total_steps) if plan is None else plan
     names = list(params)
     theta, state = tuple(params[k].detach() for k in names), ()
-    for t in range(synthetic.total_steps):
+    for t, step in enumerate(plan):
         if on_step is not None:
             on_step(t, dict(zip(names, theta)))
-        x, y = synthetic.batch(t)
-        grads = inner_grad(forward, leaves(dict(zip(names, theta))), x.detach(), y.detach(), create_graph=False)
-        theta, state = optimizer.update(theta, state, grads, {k: v[t] for k, v in hypers.items()}, t)
+        images, targets = (None, None) if step.slot is None else (
+            synthetic.images[step.slot].detach(), synthetic.targets(step.slot).detach())
+        x, y = step.batch(images, targets)
+        grads = inner_grad(forward, leaves(dict(zip(names, theta))), x, y, create_graph=False)
+        theta, state = optimizer.update(theta, state, grads, step.hypers(learned), t)
+        theta, state = tuple(v.detach() for v in theta), tuple(v.detach() for v in state)
     if on_step is not None:
-        on_step(synthetic.total_steps, dict(zip(names, theta)))
+        on_step(len(plan), dict(zip(names, theta)))
     return dict(zip(names, theta))

@@ -16,7 +16,6 @@ from ddsec.attacks import (
     evaluate_attack,
     parse_victim,
     prepare_poison,
-    random_shift,
     run_poison,
     stress_matrix,
 )
@@ -53,13 +52,29 @@ def test_bad_victim_specs_are_one_line(spec, message):
         parse_victim(spec)
 
 
-def test_random_shift_moves_each_image_within_bounds():
-    images = torch.zeros(8, 1, 6, 6)
+def test_shift_images_moves_each_image_by_its_offset():
+    from ddsec.engine import shift_images
+
+    images = torch.zeros(3, 1, 6, 6)
     images[:, :, 2:4, 2:4] = 1.0
-    shifted = random_shift(images, 2, torch.Generator().manual_seed(0))
-    assert shifted.shape == images.shape and torch.equal(shifted.sum((1, 2, 3)), images.sum((1, 2, 3)))
-    assert not torch.equal(shifted, images)
-    assert torch.equal(random_shift(images, 0, torch.Generator()), images)
+    shifted = shift_images(images, torch.tensor([[2, 2], [0, 4], [4, 0]]), 2)
+    assert torch.equal(shifted[0], images[0])  # offset (pad, pad) is no move
+    assert torch.equal(shifted[1, 0, 4:6, 0:2], torch.ones(2, 2)) and shifted[1].sum() == 4  # down 2, right 2
+    assert torch.equal(shifted[2, 0, 0:2, 4:6], torch.ones(2, 2)) and shifted[2].sum() == 4  # up 2, left 2
+
+
+def test_victim_plans_follow_their_spec():
+    from ddsec.data import load_dataset
+
+    digits = load_dataset("digits", train=True)
+    plan = parse_victim("sgd lr=x0.5 mix=4 augment=1 warmup=2 after=1 steps=3").plan((2, 10, 2), digits,
+                                                                                     torch.Generator().manual_seed(0))
+    assert [step.slot for step in plan] == [None, None, 0, 1, 0, None]
+    assert [step.lr_index for step in plan] == [None, None, 0, 1, 0, None]
+    assert plan[2].lr_scale == 0.5 and plan[2].clean_images.shape == (4, 1, 28, 28) and plan[2].offsets.shape == (14, 2)
+    assert plan[0].lr == 0.01 and plan[0].clean_images.shape[0] == 32
+    first = parse_victim("sgd lr=0.05 steps=3 placement=first").plan((1, 10, 1), digits, torch.Generator())
+    assert [step.slot for step in first] == [0, None, None] and first[0].lr == 0.05
 
 
 @pytest.fixture(scope="module")
