@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ddsec.attacks.metrics import AttackResult, evaluate_attack, relabel, weighted_relabel
+from ddsec.attacks.victims import parse_victim
 from ddsec.data import ImageDataset
 from ddsec.data.pixels import PixelConstraint, pixel_report
 from ddsec.distill import (
@@ -44,10 +45,13 @@ from ddsec.distill import (
 from ddsec.engine import (
     DEFAULT_CHECKPOINT_SECONDS,
     ClassificationObjective,
+    InnerOptimizer,
+    InnerStep,
     InitDistribution,
     PopulationInit,
     Progress,
     RealBatches,
+    SyntheticSet,
     world,
 )
 from ddsec.errors import DDSecError
@@ -83,6 +87,7 @@ class PoisonConfig(DistillConfig):
     pixels: str = "valid"
     quantize: str = "none"
     epsilon: float | None = None
+    victims: tuple[str, ...] = ()
     eval_population: str | None = None
     zoo: str | None = None
 
@@ -101,6 +106,8 @@ class PoisonConfig(DistillConfig):
                              f" {self.quantize!r}")
         if self.pixels == "free" and (self.quantize != "none" or self.epsilon is not None):
             raise DDSecError("--quantize and --epsilon constrain pixels; they need --pixels valid")
+        for spec in self.victims:
+            parse_victim(spec)  # a bad spec fails here, in one line, before any work
         if self.epsilon is not None and (self.image_init != "real" or self.learn_labels):
             raise DDSecError("--epsilon perturbs real images of each slot's own class: it needs --image-init real"
                              " and no --learn-labels")
@@ -108,7 +115,7 @@ class PoisonConfig(DistillConfig):
     def fingerprint(self) -> dict:
         return {**super().fingerprint(), "attack": self.attack, "target": self.target,
                 "attack_weight": self.attack_weight, "pixels": self.pixels, "quantize": self.quantize,
-                "epsilon": self.epsilon}
+                "epsilon": self.epsilon, "victims": list(self.victims)}
 
 
 @dataclass
@@ -231,7 +238,8 @@ def run_poison(
     constraint = pixel_constraint(cfg, train, start_set.images)
     start = time.perf_counter()
     result = optimize(base, objective, start_set, checkpoint_path=checkpoint_path, resume=resume,
-                      checkpoint_seconds=checkpoint_seconds, constraint=constraint, on_progress=report)
+                      checkpoint_seconds=checkpoint_seconds, constraint=constraint,
+                      sample_inner=victim_sampler(cfg, train, start_set, base.device), on_progress=report)
     seconds = time.perf_counter() - start
     if not world().is_main:
         return None
@@ -248,6 +256,24 @@ def run_poison(
     anchors = None if cfg.epsilon is None else start_set.images.cpu()
     pixels = pixel_report(distilled.images, train.mean, train.std, anchors)
     return PoisonOutcome(distilled, evaluation, transfer, result.losses, seconds, pixels)
+
+
+def victim_sampler(
+    cfg: PoisonConfig, train: ImageDataset, synthetic: SyntheticSet, device: torch.device
+) -> Callable[[torch.Generator], tuple[InnerOptimizer, list[InnerStep]]] | None:
+    """Victim-aware crafting (MetaPoison's expectation over victims): each outer iteration draws one
+    of ``cfg.victims`` uniformly and unrolls its optimizer and step plan, clean draws included.
+    ``None`` when no victims are given (the paper's single plain step)."""
+    if not cfg.victims:
+        return None
+    victims = [parse_victim(spec) for spec in cfg.victims]
+    shape = (synthetic.steps, synthetic.images.shape[1], synthetic.total_steps)
+
+    def sample(generator: torch.Generator) -> tuple[InnerOptimizer, list[InnerStep]]:
+        victim = victims[int(torch.randint(len(victims), (1,), generator=generator))]
+        return victim.inner_optimizer(), victim.plan(shape, train, generator, device)
+
+    return sample
 
 
 def pixel_constraint(cfg: PoisonConfig, train: ImageDataset, start: torch.Tensor) -> PixelConstraint | None:

@@ -27,6 +27,8 @@ from ddsec.engine import (
     FixedInit,
     ImageConstraint,
     InitDistribution,
+    InnerOptimizer,
+    InnerStep,
     DEFAULT_CHECKPOINT_SECONDS,
     Objective,
     PopulationInit,
@@ -260,16 +262,19 @@ def optimize(
     resume: bool,
     checkpoint_seconds: float | None = DEFAULT_CHECKPOINT_SECONDS,
     constraint: ImageConstraint | None = None,
+    sample_inner: Callable[[torch.Generator], tuple[InnerOptimizer, list[InnerStep]]] | None = None,
     on_progress: Callable[[Progress], None] | None,
 ) -> DistillResult:
     """The outer loop with the job's settings (shared by every front end); checkpoints carry
-    ``job.fingerprint``; ``constraint`` keeps the images deliverable (``None``: free)."""
+    ``job.fingerprint``; ``constraint`` keeps the images deliverable (``None``: free);
+    ``sample_inner`` draws each iteration's inner optimizer and plan (``None``: the paper's replay)."""
     cfg = job.cfg
     return distill(
         objective, synthetic, iterations=cfg.iterations, n_models=distinct_draws(job.init, cfg.n_models), lr=cfg.lr,
         lr_step_sizes=cfg.lr_step_sizes, lr_momenta=cfg.lr_momenta, decay_every=cfg.decay_every, decay_factor=cfg.decay_factor, mode=cfg.mode,
         keep_graphs=cfg.keep_graphs, seed=cfg.seed, checkpoint_path=checkpoint_path, resume=resume,
         checkpoint_seconds=checkpoint_seconds, fingerprint=job.fingerprint, constraint=constraint,
+        sample_inner=sample_inner,
         on_progress=on_progress,
     )
 

@@ -57,6 +57,7 @@ def poison(
     pixels: str = typer.Option(P.pixels, help="valid: deliverable images, pixels in [0, 1] (default); free: the paper's unconstrained images."),
     quantize: str = typer.Option(P.quantize, help="8bit: crafting sees 8-bit rounding, and the batch is also written as lossless PNGs; none."),
     epsilon: Optional[str] = typer.Option(None, help="Clean-label: every image stays within this L∞ distance (pixel units, e.g. 8/255) of a real training image of its own class."),
+    victims: list[str] = typer.Option([], help="Victim-aware crafting: a victim spec such as 'sgd mix=32' or 'sgd lr=0.01 steps=10' (repeatable, see `ddsec stress --help`); each outer iteration unrolls one, drawn at random."),
     image_init: str = typer.Option(P.image_init, help="Start from random real images of each class (real), noise,"
                                                      " per-class k-means centroids (kmeans) or class means (average)."),
     seed: int = O.SEED,
@@ -88,7 +89,7 @@ def poison(
         zoo=zoo, n_models=n_models, iterations=iterations, batch_size=batch_size, lr=lr, lr_step_sizes=lr_step_sizes,
         distill_lr=distill_lr, decay_every=decay_every, mode=mode, image_init=image_init, seed=seed, device=device,
         eval_models=eval_models, attack=attack, target=target, attack_weight=attack_weight, learn_labels=learn_labels,
-        pixels=pixels, quantize=quantize, epsilon=None if epsilon is None else _fraction(epsilon, "--epsilon"),
+        pixels=pixels, quantize=quantize, victims=tuple(victims), epsilon=None if epsilon is None else _fraction(epsilon, "--epsilon"),
     )
     default = Path("distilled") / f"poison-{dataset}-{model}-{attack}to{target}.safetensors"
     output, checkpoint = O.output_paths(out_path, default, resume=resume, force=force)

@@ -40,6 +40,7 @@ from ddsec.engine.distributed import PeerLostError, all_reduce_mean, broadcast_,
 from ddsec.engine.inner import SGD, InnerOptimizer
 from ddsec.engine.metagrad import meta_grads
 from ddsec.engine.objective import Objective
+from ddsec.engine.schedule import InnerStep
 from ddsec.engine.synthetic import SyntheticSet
 from ddsec.errors import DDSecError, NonFiniteError
 
@@ -137,6 +138,7 @@ def distill(
     batching: str = "auto",
     inner_optimizer: InnerOptimizer = SGD(),
     constraint: ImageConstraint | None = None,
+    sample_inner: Callable[[torch.Generator], tuple[InnerOptimizer, list[InnerStep]]] | None = None,
     seed: int = 0,
     checkpoint_path: str | Path | None = None,
     checkpoint_every: int = 100,
@@ -167,6 +169,9 @@ def distill(
         inner_optimizer: the inner update rule, passed to :func:`ddsec.engine.meta_grads` as its
             ``optimizer`` (default: the paper's SGD with the learned step sizes).
         constraint: keeps the images deliverable (see :class:`ImageConstraint`); ``None``: free.
+        sample_inner: draws each iteration's inner optimizer and step plan (e.g. one victim of a
+            distribution, MetaPoison style) from the run's generator; replaces ``inner_optimizer``
+            and the default replay of the set.
         seed: seeds the generator behind every sample (θ0 draws and real batches).
         checkpoint_path: where to write checkpoints; ``None`` disables them.
         checkpoint_every: iterations between checkpoints.
@@ -270,9 +275,10 @@ def distill(
                 generator.manual_seed(iteration_seed(seed, iteration, here))
             x_real, y_real = objective.real_batch(generator)
             params = objective.init.sample(n_models, generator)
+            inner, plan = (inner_optimizer, None) if sample_inner is None else sample_inner(generator)
             loss, images_grad, raw_grad, *learned_grads = meta_grads(
                 model, params, delivered(), x_real, y_real, mode=mode, keep_graphs=keep_graphs,
-                batching=batching, loss_fn=objective.outer_loss, optimizer=inner_optimizer,
+                batching=batching, loss_fn=objective.outer_loss, optimizer=inner, plan=plan,
             )
             learned_grads = [grad for grad in learned_grads if grad is not None]  # in the order of `learned`
             if here.size > 1:
