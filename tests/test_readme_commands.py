@@ -91,18 +91,21 @@ def tiny(args: list[str], data_root: Path) -> list[str]:
             quick["--finetune-steps"] = "2"
         if option(args, "--src") == "imagenet":
             quick |= {"--image-size": "64", "--epochs": "1"}
+    elif command == "stress":
+        quick |= {"--models": "2", "--baseline": "flip-average"}
     elif command == "eval":
         quick["--models"] = "2"
         if default_protocol(load_distilled(args[1]).meta.config) == "train-epochs":
             quick["--epochs"] = "2"
     elif command == "zoo train":
         quick |= {"--count": "3", "--heldout": "2", "--steps": "5"}
-    flags = ["--quiet"] if command in ("distill", "poison", "adapt", "eval", "zoo train") else []
+    flags = ["--quiet"] if command in ("distill", "poison", "adapt", "eval", "stress", "zoo train") else []
     return [*args, *[x for pair in quick.items() for x in pair], *flags, "--json"]
 
 
 JSON_KEYS = {"distill": {"output", "seconds", "eval"}, "poison": {"output", "attack", "target", "eval"},
              "adapt": {"output", "seconds", "eval"}, "eval": {"output", "eval"}, "show": {"file", "task"},
+             "stress": {"file", "models", "victims", "png"},
              "zoo": set()}
 EVAL_KEYS = {"distill": {"acc_mean", "acc_std"}, "adapt": {"acc_before_mean", "acc_mean", "acc_std"},
              "poison": {"asr_mean", "asr_std", "acc_other_after"}, "eval": {"acc_mean", "acc_std"}}
