@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from ddsec.engine.init import INIT_SCHEMES, init_module_
 from ddsec.errors import DDSecError
+from ddsec.models_zoo.timm_models import TIMM_PREFIX, timm_model
 
 ModelFactory = Callable[..., nn.Module]
 
@@ -81,7 +82,7 @@ def create_model(
     from that local file instead and ``init``/``seed`` only matter for validation.
 
     Args:
-        name: a name from :func:`list_models`.
+        name: a name from :func:`list_models`, or ``timm/<architecture>`` for a timm model.
         num_classes: number of output logits ``K``.
         in_chans: input channels ``C``.
         image_size: input height and width ``H = W`` in pixels.
@@ -95,15 +96,16 @@ def create_model(
     Raises:
         DDSecError: unknown name or init scheme, unsupported shape, unusable checkpoint.
     """
-    if name not in _MODELS:
-        raise DDSecError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+    if name not in _MODELS and not name.startswith(TIMM_PREFIX):
+        raise DDSecError(f"unknown model {name!r}; available: {', '.join(list_models())}, or timm/<architecture>")
     if init not in INIT_SCHEMES:
         raise DDSecError(f"unknown init {init!r}; choose one of {', '.join(INIT_SCHEMES)}")
     sizes = {"num_classes": num_classes, "in_chans": in_chans, "image_size": image_size}
     for arg, value in sizes.items():
         if value < 1:
             raise DDSecError(f"{arg} must be a positive integer, got {value}")
-    model = _MODELS[name](num_classes=num_classes, in_chans=in_chans, image_size=image_size)
+    factory = _MODELS[name] if name in _MODELS else lambda **sizes: timm_model(name[len(TIMM_PREFIX):], **sizes)
+    model = factory(num_classes=num_classes, in_chans=in_chans, image_size=image_size)
     if checkpoint is not None:
         return load_weights(model, checkpoint)
     generator = None if seed is None else torch.Generator().manual_seed(seed)

@@ -47,8 +47,9 @@ def zoo_root(root: str | os.PathLike[str] | None = None) -> Path:
 
 
 def entry_name(dataset: str, model: str) -> str:
-    """The default zoo name of a population pair, e.g. ``mnist-lenet``."""
-    return f"{dataset}-{model}"
+    """The default zoo name of a population pair, e.g. ``mnist-lenet`` (``mnist-timm-resnet10t`` for
+    ``timm/resnet10t``: one folder, no ``/``)."""
+    return f"{dataset}-{model.replace('/', '-')}"
 
 
 def population_seeds(role: str, count: int, seed: int = 0) -> list[int]:

@@ -165,3 +165,24 @@ def test_missing_file_and_unknown_suffix(tmp_path):
     (tmp_path / "w.bin").write_bytes(b"")
     with pytest.raises(DDSecError, match=r"w\.bin"):
         create_model("test_mlp", checkpoint=tmp_path / "w.bin")
+
+
+def test_timm_architectures_come_through_the_registry():
+    """A timm model is built for the dataset's shape, drawn from a seed, and trains through the engine."""
+    from ddsec.engine import SyntheticSet, meta_grad
+    from ddsec.models_zoo.zoo import entry_name
+
+    model = create_model("timm/resnet10t", num_classes=3, in_chans=1, image_size=16, seed=0).eval()
+    again = create_model("timm/resnet10t", num_classes=3, in_chans=1, image_size=16, seed=0).eval()
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), again.parameters()))
+    assert model(torch.zeros(2, 1, 16, 16)).shape == (2, 3)
+    synthetic = SyntheticSet.create(num_classes=3, ipc=1, steps=1, epochs=1, image_shape=(1, 16, 16), init_lr=0.05,
+                                    generator=torch.Generator().manual_seed(0))
+    loss, images_grad, _ = meta_grad(model, dict(model.named_parameters()), synthetic, torch.randn(4, 1, 16, 16),
+                                     torch.tensor([0, 1, 2, 0]))
+    assert torch.isfinite(loss) and images_grad.abs().sum() > 0
+    assert entry_name("digits", "timm/resnet10t") == "digits-timm-resnet10t"
+    with pytest.raises(DDSecError, match="unknown timm architecture 'resnet_nope'"):
+        create_model("timm/resnet_nope")
+    with pytest.raises(DDSecError, match="or timm/<architecture>"):
+        create_model("nope")
