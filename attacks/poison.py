@@ -203,6 +203,7 @@ def run_poison(
     resume: bool = False,
     checkpoint_seconds: float | None = DEFAULT_CHECKPOINT_SECONDS,
     eval_every: int | None = None,
+    eval_times: int = 0,
     on_progress: Callable[[Progress, float | None], None] | None = None,
 ) -> PoisonOutcome | None:
     """Learn the poisoning batch, evaluate it on held-out models and build the exportable set.
@@ -214,6 +215,7 @@ def run_poison(
         checkpoint_seconds: also checkpoint at least this often (wall-clock seconds).
         eval_every: every this many iterations, measure the attack success rate on a quick
             sample (up to 5 held-out models, up to 2000 test images) and pass it to ``on_progress``.
+        eval_times: without ``eval_every``, that many quick checks spread over the run.
     """
     cfg, base = job.cfg, job.base
     train, test = base.train, base.test
@@ -228,7 +230,7 @@ def run_poison(
         if on_progress is None:
             return
         asr = None
-        if quick_check_due(progress, eval_every):
+        if quick_check_due(progress, eval_every, eval_times):
             asr = evaluate_attack(base.model, base.heldout, progress.synthetic, quick, attack=cfg.attack,
                                   target=cfg.target, n_models=min(5, cfg.eval_models),
                                   seed=cfg.seed + 7).summary()["asr_mean"]
@@ -249,8 +251,8 @@ def run_poison(
                                                                  test, **kwargs)
     meta = DistilledMeta(
         task="poison", dataset=cfg.dataset, model=cfg.model, epochs=cfg.epochs, ipc=cfg.ipc, init=cfg.init,
-        mean=train.mean, std=train.std, seed=cfg.seed, num_classes=train.num_classes, config=asdict(cfg),
-        attack_class=cfg.attack, target_class=cfg.target,
+        mean=train.mean, std=train.std, seed=cfg.seed, num_classes=train.num_classes,
+        config=asdict(cfg) | ({"plan": result.plan} if result.plan else {}), attack_class=cfg.attack, target_class=cfg.target,
     )
     distilled = to_distilled(result.synthetic, meta)
     anchors = None if cfg.epsilon is None else start_set.images.cpu()

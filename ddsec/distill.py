@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ddsec.baselines import average_images, kmeans_images, real_images_per_class
+from ddsec.budget import parse_duration, planner
 from ddsec.data import ImageDataset, load_dataset
 from ddsec.engine import (
     FIXED_KINDS,
@@ -81,7 +82,9 @@ class DistillConfig:
     population: str | None = None
     heldout_population: str | None = None
     n_models: int = 4
-    iterations: int = 40
+    iterations: int | None = 40  # None: chosen to fill `budget`
+    budget: str | None = None  # e.g. "10m": the outer loop's time; used when iterations is None
+    decay_fraction: float | None = None  # with a budget: halve the rates every this fraction of the run
     batch_size: int = 256
     lr: float = 0.05
     lr_step_sizes: float | None = None  # None: the same as lr
@@ -99,8 +102,14 @@ class DistillConfig:
     eval_models: int = 20
 
     def __post_init__(self) -> None:
+        if (self.iterations is None) == (self.budget is None):
+            raise DDSecError("give either --iterations N or --budget DURATION (e.g. 10m)")
+        if self.budget is not None:
+            parse_duration(self.budget)
+        if self.decay_fraction is not None and not 0 < self.decay_fraction < 1:
+            raise DDSecError(f"--decay-fraction must lie in (0, 1), got {self.decay_fraction}")
         positive = {"--steps": self.steps, "--epochs": self.epochs, "--ipc": self.ipc,
-                    "--n-models": self.n_models, "--iterations": self.iterations,
+                    "--n-models": self.n_models, "--iterations": 1 if self.iterations is None else self.iterations,
                     "--batch-size": self.batch_size, "--eval-models": self.eval_models}
         for flag, value in positive.items():
             if value < 1:
@@ -130,7 +139,7 @@ class DistillConfig:
         """Settings that must not change when a run is resumed."""
         keep = ("dataset", "model", "steps", "epochs", "ipc", "init", "init_scheme", "init_seed",
                 "weights", "population", "n_models", "batch_size", "lr", "lr_step_sizes", "distill_lr", "decay_every",
-                "decay_factor", "mode", "image_init", "learn_labels", "momentum", "lr_momenta", "seed")
+                "decay_factor", "budget", "decay_fraction", "mode", "image_init", "learn_labels", "momentum", "lr_momenta", "seed")
         return {k: v for k, v in asdict(self).items() if k in keep}
 
 
@@ -269,8 +278,9 @@ def optimize(
     ``job.fingerprint``; ``constraint`` keeps the images deliverable (``None``: free);
     ``sample_inner`` draws each iteration's inner optimizer and plan (``None``: the paper's replay)."""
     cfg = job.cfg
+    replan = None if cfg.iterations is not None else planner(cfg.budget, cfg.decay_fraction, cfg.decay_every)
     return distill(
-        objective, synthetic, iterations=cfg.iterations, n_models=distinct_draws(job.init, cfg.n_models), lr=cfg.lr,
+        objective, synthetic, iterations=cfg.iterations, replan=replan, n_models=distinct_draws(job.init, cfg.n_models), lr=cfg.lr,
         lr_step_sizes=cfg.lr_step_sizes, lr_momenta=cfg.lr_momenta, decay_every=cfg.decay_every, decay_factor=cfg.decay_factor, mode=cfg.mode,
         keep_graphs=cfg.keep_graphs, seed=cfg.seed, checkpoint_path=checkpoint_path, resume=resume,
         checkpoint_seconds=checkpoint_seconds, fingerprint=job.fingerprint, constraint=constraint,
@@ -279,12 +289,14 @@ def optimize(
     )
 
 
-def quick_check_due(progress: Progress, eval_every: int | None) -> bool:
+def quick_check_due(progress: Progress, eval_every: int | None, eval_times: int = 0) -> bool:
     """Whether a run measures its quick held-out figure after ``progress``: every ``eval_every``
-    iterations and at the end, never on the resume notice."""
-    if not eval_every or progress.event == "resume":
+    iterations (else ``eval_times`` times spread over the run, as planned so far) and at the end,
+    never on the resume notice."""
+    every = eval_every or (max(1, progress.iterations // eval_times) if eval_times and progress.planned else 0)
+    if not every or progress.event == "resume":
         return False
-    return progress.iteration % eval_every == 0 or progress.iteration == progress.iterations
+    return progress.iteration % every == 0 or progress.iteration == progress.iterations
 
 
 def run_distill(
@@ -294,6 +306,7 @@ def run_distill(
     resume: bool = False,
     checkpoint_seconds: float | None = DEFAULT_CHECKPOINT_SECONDS,
     eval_every: int | None = None,
+    eval_times: int = 0,
     on_progress: Callable[[Progress, float | None], None] | None = None,
     meta: dict | None = None,
 ) -> DistillOutcome | None:
@@ -309,6 +322,8 @@ def run_distill(
         checkpoint_seconds: also checkpoint at least this often (wall-clock seconds).
         eval_every: every this many iterations, measure the held-out accuracy on a quick sample
             (up to 5 models, up to 2000 test images) and pass it to ``on_progress``.
+        eval_times: without ``eval_every``, that many quick checks spread over the run (for a
+            time budget, whose iteration count is known only once planned).
         on_progress: called after every outer iteration with the progress and that accuracy
             (``None`` in between).
         meta: overrides of the exported metadata (the adapt front end sets ``task``,
@@ -322,7 +337,7 @@ def run_distill(
         if on_progress is None:
             return
         accuracy = None
-        if quick_check_due(progress, eval_every):
+        if quick_check_due(progress, eval_every, eval_times):
             accuracy = float(evaluate_synthetic(
                 model, heldout, progress.synthetic, test.images[quick], test.labels[quick],
                 n_models=distinct_draws(heldout, min(5, cfg.eval_models)),
@@ -343,7 +358,9 @@ def run_distill(
     )
     fields = dict(task="distill", dataset=cfg.dataset, model=cfg.model, epochs=cfg.epochs, ipc=cfg.ipc, init=cfg.init,
                   mean=train.mean, std=train.std, seed=cfg.seed, num_classes=train.num_classes, config=asdict(cfg))
-    distilled = to_distilled(result.synthetic, DistilledMeta(**(fields | (meta or {}))))
+    fields |= meta or {}
+    fields["config"] = {**fields["config"], **({"plan": result.plan} if result.plan else {})}
+    distilled = to_distilled(result.synthetic, DistilledMeta(**fields))
     return DistillOutcome(distilled, evaluation, result.losses, seconds)
 
 

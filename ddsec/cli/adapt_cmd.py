@@ -41,7 +41,9 @@ def adapt(
     weights: Optional[str] = typer.Option(None, help="--init fixed: the source model's weights (default: the population's first model); imagenet: torchvision's AlexNet .pth or .safetensors."),
     zoo: Optional[str] = O.ZOO,
     n_models: int = typer.Option(A.n_models, help="Source models drawn per outer iteration."),
-    iterations: int = typer.Option(A.iterations, help="Outer iterations."),
+    iterations: Optional[int] = typer.Option(None, help=f"Outer iterations (default {A.iterations}, or what --budget allows)."),
+    budget: Optional[str] = O.BUDGET,
+    decay_fraction: Optional[float] = O.DECAY_FRACTION,
     batch_size: int = typer.Option(A.batch_size, help="Real target images per outer iteration."),
     lr: float = typer.Option(A.lr, help="Adam learning rate for the images."),
     lr_step_sizes: Optional[float] = O.LR_STEP_SIZES,
@@ -83,6 +85,7 @@ def adapt(
         raise DDSecError("--baseline knn does not adapt a model; use random, optimized, kmeans or average")
     if finetune_steps < 0:
         raise DDSecError(f"--finetune-steps must not be negative, got {finetune_steps}")
+    iterations, budget, notes = O.iterations_or_budget(iterations, budget, A.iterations)
     every = O.eval_interval(eval_every, iterations)
     chosen = {k: v for k, v in dict(model=model, steps=steps, epochs=epochs, init=init).items() if v is not None}
     settings = pair_defaults(src) | chosen
@@ -90,7 +93,7 @@ def adapt(
     cfg = A(
         src=src, tgt=tgt, data_dir=data_dir, download=download, image_size=image_size, ipc=ipc, **settings,
         population=population, heldout_population=heldout, weights=weights, zoo=zoo, n_models=n_models,
-        iterations=iterations, batch_size=batch_size, lr=lr, lr_step_sizes=lr_step_sizes, distill_lr=distill_lr,
+        iterations=iterations, budget=budget, decay_fraction=decay_fraction, batch_size=batch_size, lr=lr, lr_step_sizes=lr_step_sizes, distill_lr=distill_lr,
         decay_every=decay_every, mode=mode, keep_graphs=keep_graphs, learn_labels=learn_labels, momentum=momentum,
         lr_momenta=lr_momenta, seed=seed, device=device, eval_models=eval_models,
     )
@@ -99,10 +102,10 @@ def adapt(
     job = prepare_adapt(cfg, train_entry=lambda name, size, channels: train_on_first_use(
         name, dataset=src, model=model, quiet=quiet, root=zoo, data_dir=data_dir, download=download,
         image_size=size, channels=channels, device=resolve_device(device)))
-    print_notes(job.notes)
-    with progress_bar("adapting", iterations, quiet=quiet) as update:
+    print_notes(notes + job.notes)
+    with progress_bar("adapting", iterations or 1, quiet=quiet) as update:
         outcome = run_distill(job, checkpoint_path=checkpoint, resume=resume, checkpoint_seconds=checkpoint_seconds,
-                              eval_every=every, on_progress=loop_reporter(update, "held-out"), meta=adapt_meta(cfg))
+                              eval_every=every, eval_times=5, on_progress=loop_reporter(update, "held-out"), meta=adapt_meta(cfg))
     if outcome is None:  # another rank of a distributed run: rank 0 evaluates and exports
         return
     save_distilled(output, outcome.distilled)

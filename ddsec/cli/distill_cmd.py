@@ -24,6 +24,7 @@ from ddsec.cli.render import (
 from ddsec.distill import DistillConfig as D
 from ddsec.distill import prepare_distill, run_distill
 from ddsec.export import save_distilled
+from ddsec.recipes import recipe_for
 
 
 
@@ -51,9 +52,9 @@ def distill(
     distill_lr: float = typer.Option(D.distill_lr, help="Initial inner step size."),
     decay_every: Optional[int] = O.DECAY_EVERY,
     mode: str = O.MODE,
-    keep_graphs: bool = O.KEEP_GRAPHS,
+    keep_graphs: Optional[bool] = typer.Option(None, "--keep-graphs/--recompute-graphs", help="hvp: keep each step's graph instead of recomputing it (faster, more memory; default: the dataset's recipe, else recompute)."),
     learn_labels: bool = O.LEARN_LABELS,
-    momentum: float = O.MOMENTUM,
+    momentum: Optional[float] = typer.Option(None, help="Inner momentum: 0 is plain SGD (the paper); in (0, 1) the inner steps use SGD with a learned momentum per step, starting here (default: the dataset's recipe, else 0)."),
     lr_momenta: Optional[float] = O.LR_MOMENTA,
     image_init: str = typer.Option(D.image_init, help="Start images from random real ones of each class (real), noise,"
                                                      " per-class k-means centroids (kmeans) or class means (average);"
@@ -64,6 +65,8 @@ def distill(
     resume: bool = O.RESUME,
     force: bool = O.FORCE,
     checkpoint_seconds: float = O.CHECKPOINT_SECONDS,
+    budget: Optional[str] = O.BUDGET,
+    decay_fraction: Optional[float] = O.DECAY_FRACTION,
     eval_models: Optional[int] = typer.Option(None, help="Held-out models for the final evaluation (default 20 for dd, 5 for dc|dsa|dm; at most the held-out population's size)."),
     eval_every: Optional[int] = O.EVAL_EVERY,
     outer_loop: Optional[int] = typer.Option(None, help="dc|dsa: image updates per iteration (default by --ipc: 1 for 1, 10 for 10)."),
@@ -91,9 +94,9 @@ def distill(
                  "--heldout-population": (heldout_population, None), "--n-models": (n_models, D.n_models),
                  "--lr-step-sizes": (lr_step_sizes, None), "--distill-lr": (distill_lr, D.distill_lr),
                  "--decay-every": (decay_every, None), "--mode": (mode, D.mode),
-                 "--keep-graphs": (keep_graphs, D.keep_graphs), "--learn-labels": (learn_labels, D.learn_labels),
-                 "--momentum": (momentum, D.momentum), "--lr-momenta": (lr_momenta, None), "--nproc": (nproc, 1),
-                 "--eval-every": (eval_every, None)},
+                 "--keep-graphs": (keep_graphs, None), "--learn-labels": (learn_labels, D.learn_labels),
+                 "--momentum": (momentum, None), "--lr-momenta": (lr_momenta, None), "--nproc": (nproc, 1),
+                 "--eval-every": (eval_every, None), "--budget": (budget, None), "--decay-fraction": (decay_fraction, None)},
         condense_only={"--outer-loop": outer_loop, "--inner-loop": inner_loop, "--lr-net": lr_net,
                        "--dsa-strategy": dsa_strategy, "--batch-sampling": batch_sampling, "--clusters": clusters,
                        "--feature-layer": feature_layer, "--feature-model": feature_model,
@@ -115,24 +118,34 @@ def distill(
         return
     relaunch(nproc)
     model = model or D.model
-    iterations = D.iterations if iterations is None else iterations
-    every = O.eval_interval(eval_every, iterations)
+    given = dict(iterations=iterations, budget=budget, decay_fraction=decay_fraction, lr=lr, lr_step_sizes=lr_step_sizes,
+                 keep_graphs=keep_graphs, momentum=momentum, lr_momenta=lr_momenta)
+    recipe = recipe_for("distill", dataset)
+    settings = {k: v for k, v in recipe.settings.items() if given.get(k) is None} | {
+        k: v for k, v in given.items() if v is not None}
+    notes = [f"--iterations {iterations} wins over --budget {budget}"] if iterations is not None and budget else []
+    if "iterations" in settings and "budget" in settings:  # an explicit count wins over a budget
+        settings.pop("budget" if iterations is not None else "iterations")
+    settings.setdefault("iterations", None if "budget" in settings else D.iterations)
+    used = {k: v for k, v in recipe.settings.items() if settings.get(k) == v and given.get(k) is None}
+    notes += [f"recipe for {dataset}: {', '.join(f'{k}={v}' for k, v in used.items())} ({recipe.source})"] if used else []
+    every = O.eval_interval(eval_every, settings.get("iterations"))
     cfg = D(
         dataset=dataset, data_dir=data_dir, download=download, model=model, steps=steps, epochs=epochs, ipc=ipc, init=init,
         init_scheme=init_scheme, init_seed=init_seed, weights=weights, population=population,
-        heldout_population=heldout_population, n_models=n_models, iterations=iterations,
-        batch_size=batch_size, lr=D.lr if lr is None else lr, lr_step_sizes=lr_step_sizes, distill_lr=distill_lr, decay_every=decay_every, mode=mode,
-        keep_graphs=keep_graphs, image_init=image_init, learn_labels=learn_labels, momentum=momentum,
-        lr_momenta=lr_momenta, seed=seed, device=device, eval_models=D.eval_models if eval_models is None else eval_models,
+        heldout_population=heldout_population, n_models=n_models, batch_size=batch_size, distill_lr=distill_lr,
+        decay_every=decay_every, mode=mode, image_init=image_init, learn_labels=learn_labels, seed=seed, device=device,
+        eval_models=D.eval_models if eval_models is None else eval_models, **settings,
     )
+    iterations = cfg.iterations
     default = Path("distilled") / f"{dataset}-{model}.safetensors"
     output, checkpoint = O.output_paths(out_path, default, resume=resume, force=force)
     with err.status("loading data and building the model…"):
         job = prepare_distill(cfg)
-    print_notes(job.notes)
-    with progress_bar("distilling", iterations, quiet=quiet) as update:
+    print_notes(notes + job.notes)
+    with progress_bar("distilling", iterations or 1, quiet=quiet) as update:
         outcome = run_distill(job, checkpoint_path=checkpoint, resume=resume, checkpoint_seconds=checkpoint_seconds,
-                              eval_every=every, on_progress=loop_reporter(update, "held-out"))
+                              eval_every=every, eval_times=5, on_progress=loop_reporter(update, "held-out"))
     if outcome is None:  # another rank of a distributed run: rank 0 evaluates and exports
         return
     save_distilled(output, outcome.distilled)
@@ -150,5 +163,6 @@ def distill(
     ]
     out.print(result_table("ddsec distill", rows))
     if json_out:
-        print_json({"output": str(output), "seconds": round(outcome.seconds, 3), "iterations": iterations,
+        plan = outcome.distilled.meta.config.get("plan", {})
+        print_json({"output": str(output), "seconds": round(outcome.seconds, 3), "iterations": plan.get("iterations", iterations), "plan": plan,
                     "eval": summary})

@@ -30,6 +30,11 @@ FORCE = typer.Option(False, help="Start over even if an unfinished run's checkpo
 JSON = typer.Option(False, "--json", help="Print one JSON object as the last line of stdout.")
 QUIET = typer.Option(False, help="No progress bars.")
 EVAL_EVERY = typer.Option(None, help="Quick held-out accuracy every N iterations (default: 5 times a run; 0: never).")
+BUDGET = typer.Option(None, help="Time for the distillation loop, e.g. 90s, 10m, 2h: the run times its first"
+                              " iterations and sets the iteration count (and the decay points) to fill it."
+                              " --iterations wins when given.")
+DECAY_FRACTION = typer.Option(None, help="With --budget: halve the learning rates every this fraction of the run"
+                                         " (e.g. 0.35).")
 GRID_MODELS = typer.Option(5, help="Baselines: models per step-size × epochs cell and per optimized candidate.")
 CANDIDATES = typer.Option(25, help="Baseline optimized: random real sets scored (the best 20% are kept).")
 LEARN_LABELS = typer.Option(DistillConfig.learn_labels, help="Also learn soft labels (exported as [S, N, K] probabilities).")
@@ -65,10 +70,21 @@ def output_paths(out_path: Path | None, default: Path, *, resume: bool, force: b
     return output, checkpoint
 
 
-def eval_interval(eval_every: int | None, iterations: int) -> int:
-    """``--eval-every``, checked, or its default: five quick held-out checks per run (0 turns them off)."""
+def eval_interval(eval_every: int | None, iterations: int | None) -> int | None:
+    """``--eval-every``, checked, or its default: five quick held-out checks per run (0 turns them
+    off); ``None`` when the run's length is not known yet (a budget): then the run spreads five."""
     if eval_every is None:
-        return max(1, iterations // 5)
+        return None if iterations is None else max(1, iterations // 5)
     if eval_every < 0:
         raise DDSecError(f"--eval-every must be 0 (never) or positive, got {eval_every}")
     return eval_every
+
+
+def iterations_or_budget(iterations: int | None, budget: str | None, default: int) -> tuple[int | None, str | None, list[str]]:
+    """``(iterations, budget, notes)``: an explicit ``--iterations`` wins over ``--budget`` (with a
+    note); neither gives ``default`` iterations."""
+    if iterations is not None and budget is not None:
+        return iterations, None, [f"--iterations {iterations} wins over --budget {budget}"]
+    if iterations is None and budget is None:
+        return default, None, []
+    return iterations, budget, []

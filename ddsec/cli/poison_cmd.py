@@ -46,7 +46,9 @@ def poison(
     weights: Optional[str] = typer.Option(None, help="Weights of the one victim for --init pretrained."),
     zoo: Optional[str] = O.ZOO,
     n_models: int = typer.Option(P.n_models, help="Pretrained models drawn per outer iteration."),
-    iterations: int = typer.Option(P.iterations, help="Outer iterations."),
+    iterations: Optional[int] = typer.Option(None, help=f"Outer iterations (default {P.iterations}, or what --budget allows)."),
+    budget: Optional[str] = O.BUDGET,
+    decay_fraction: Optional[float] = O.DECAY_FRACTION,
     batch_size: int = typer.Option(P.batch_size, help="Real images (labels K→T) per outer iteration."),
     lr: float = typer.Option(P.lr, help="Adam learning rate for the images."),
     lr_step_sizes: Optional[float] = O.LR_STEP_SIZES,
@@ -83,7 +85,9 @@ def poison(
     unknown = sorted(set(kinds) - set(FLIP_KINDS))
     if unknown:
         raise DDSecError(f"unknown --baseline {unknown[0]!r}; choose from {', '.join(FLIP_KINDS)} or all")
+    iterations, budget, notes = O.iterations_or_budget(iterations, budget, P.iterations)
     cfg = P(
+        budget=budget, decay_fraction=decay_fraction,
         dataset=dataset, data_dir=data_dir, download=download, model=model, steps=steps, epochs=epochs, ipc=ipc, init=init,
         weights=weights, population=population, heldout_population=heldout, eval_population=eval_population,
         zoo=zoo, n_models=n_models, iterations=iterations, batch_size=batch_size, lr=lr, lr_step_sizes=lr_step_sizes,
@@ -96,10 +100,11 @@ def poison(
     job = prepare_poison(cfg, train_entry=lambda name: train_on_first_use(
         name, dataset=dataset, model=model, quiet=quiet, root=zoo, data_dir=data_dir, download=download,
         device=resolve_device(device)))
-    print_notes(job.notes)
-    with progress_bar("poisoning", iterations, quiet=quiet) as update:
+    print_notes(notes + job.notes)
+    with progress_bar("poisoning", iterations or 1, quiet=quiet) as update:
         outcome = run_poison(job, checkpoint_path=checkpoint, resume=resume, checkpoint_seconds=checkpoint_seconds,
-                             eval_every=max(1, iterations // 5), on_progress=loop_reporter(update, "held-out ASR"))
+                             eval_every=O.eval_interval(None, iterations), eval_times=5,
+                             on_progress=loop_reporter(update, "held-out ASR"))
     if outcome is None:  # another rank of a distributed run: rank 0 evaluates and exports
         return
     from ddsec.export import save_distilled
@@ -118,7 +123,9 @@ def poison(
     out.print(_comparison_table(job, outcome, baselines))
     out.print(_per_class_table(job, outcome.evaluation))
     if json_out:
-        payload = {"output": str(output), "seconds": round(outcome.seconds, 3), "iterations": iterations,
+        plan = outcome.distilled.meta.config.get("plan", {})
+        payload = {"output": str(output), "seconds": round(outcome.seconds, 3), "plan": plan,
+                   "iterations": plan.get("iterations", iterations),
                    "attack": attack, "target": target, "eval": outcome.evaluation.summary(),
                    "baselines": {k: r.summary() for k, r in baselines.items()}, "pixels": outcome.pixels,
                    "png": None if pngs is None else str(pngs)}

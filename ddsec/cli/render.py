@@ -42,7 +42,8 @@ def user_errors(fn: F) -> F:
 
 @contextmanager
 def progress_bar(description: str, total: int, quiet: bool = False) -> Iterator[Callable[..., None]]:
-    """A rich progress bar on stderr; yields ``update(completed, info)``.
+    """A rich progress bar on stderr; yields ``update(completed, info, total=None)`` (a new
+    ``total`` re-plans the bar, e.g. once a time-budgeted run has chosen its iteration count).
 
     When stderr is not a terminal (a log file, CI), a plain line is printed every 5 % instead,
     so that long runs stay observable.
@@ -50,16 +51,20 @@ def progress_bar(description: str, total: int, quiet: bool = False) -> Iterator[
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
     plain = not err.is_terminal and not quiet
-    every = max(1, total // 20)
+    planned = [total]
     with Progress(*columns, console=err, disable=quiet or plain, transient=False) as progress:
         task = progress.add_task(description, total=total, info="")
         start, printed = time.perf_counter(), [-1]
 
-        def update(completed: int, info: str = "") -> None:
+        def update(completed: int, info: str = "", total: int | None = None) -> None:
+            if total is not None and total != planned[0]:
+                planned[0] = total
+                progress.update(task, total=total)
             progress.update(task, completed=completed, info=info)
-            if plain and completed != printed[0] and (completed % every == 0 or completed == total):
+            every = max(1, planned[0] // 20)
+            if plain and completed != printed[0] and (completed % every == 0 or completed == planned[0]):
                 printed[0] = completed
-                err.print(f"{description} {completed}/{total} {info} [{time.perf_counter() - start:.0f} s]",
+                err.print(f"{description} {completed}/{planned[0]} {info} [{time.perf_counter() - start:.0f} s]",
                           highlight=False)
 
         yield update
@@ -78,7 +83,7 @@ def loop_reporter(update: Callable[..., None], quick_label: str) -> Callable[[An
             err.print(f"resuming from iteration {progress.iteration} of {progress.iterations}", highlight=False)
         if quick is not None:
             last[0] = f"  {quick_label} {percent(quick)}"
-        update(progress.iteration, f"loss {progress.loss:.3f}{last[0]}")
+        update(progress.iteration, f"loss {progress.loss:.3f}{last[0]}", total=progress.iterations)
 
     return on_progress
 

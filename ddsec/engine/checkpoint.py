@@ -79,6 +79,8 @@ class LoopState:
         losses: float32 ``[iteration]`` outer loss per completed iteration.
         lr_scale: multiplier on the Adam learning rate left by non-finite back-offs.
         fingerprint: JSON-able settings that must match on resume.
+        plan: what a time-budgeted run chose (``iterations``, ``decay_every``,
+            ``seconds_per_iteration``); a resumed run keeps it instead of measuring again.
     """
 
     synthetic: SyntheticSet
@@ -88,6 +90,7 @@ class LoopState:
     losses: Tensor
     lr_scale: float
     fingerprint: dict
+    plan: dict = field(default_factory=dict)
 
 
 def save_checkpoint(path: str | Path, state: LoopState) -> Path:
@@ -109,6 +112,7 @@ def save_checkpoint(path: str | Path, state: LoopState) -> Path:
         "epochs": str(syn.epochs),
         "lr_scale": repr(state.lr_scale),
         "fingerprint": json.dumps(state.fingerprint, sort_keys=True),
+        "plan": json.dumps(state.plan, sort_keys=True),
     }
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
@@ -144,6 +148,7 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Loo
             losses=tensors["losses"],
             lr_scale=float(metadata["lr_scale"]),
             fingerprint=json.loads(metadata["fingerprint"]),
+            plan=json.loads(metadata.get("plan", "{}")),
         )
     except DDSecError:
         raise

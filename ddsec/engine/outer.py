@@ -20,8 +20,9 @@ one process sampling the union. Rank 0 alone writes checkpoints and gets progres
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -77,6 +78,7 @@ class Progress:
         event: ``""`` normally, ``"backoff"`` when a non-finite update was skipped,
             ``"checkpoint"`` when a checkpoint was written after this iteration, ``"resume"``
             once before the first iteration of a resumed run (``iteration`` is where it resumes).
+        planned: ``False`` while ``iterations`` is provisional (a time budget not planned yet).
     """
 
     iteration: int
@@ -85,6 +87,7 @@ class Progress:
     lr: float
     synthetic: SyntheticSet
     event: str = ""
+    planned: bool = True
 
 
 @dataclass
@@ -95,6 +98,7 @@ class DistillResult:
     losses: Tensor
     resumed_from: int = 0
     backoffs: int = 0
+    plan: dict = field(default_factory=dict)
 
 
 def _adam_state(optimizer: torch.optim.Adam, names: list[str]) -> dict[str, Tensor]:
@@ -124,7 +128,7 @@ def distill(
     objective: Objective,
     synthetic: SyntheticSet,
     *,
-    iterations: int,
+    iterations: int | None,
     n_models: int = 1,
     lr: float = 0.01,
     lr_step_sizes: float | None = None,
@@ -139,6 +143,8 @@ def distill(
     inner_optimizer: InnerOptimizer = SGD(),
     constraint: ImageConstraint | None = None,
     sample_inner: Callable[[torch.Generator], tuple[InnerOptimizer, list[InnerStep]]] | None = None,
+    replan: Callable[[float], tuple[int, int | None]] | None = None,
+    probe: int = 3,
     seed: int = 0,
     checkpoint_path: str | Path | None = None,
     checkpoint_every: int = 100,
@@ -154,7 +160,8 @@ def distill(
     Args:
         objective: model, ``p(θ0)``, real batches and outer loss.
         synthetic: the starting set; its tensors define dtype and device. Not modified.
-        iterations: total outer iterations (a resumed run continues up to this number).
+        iterations: total outer iterations (a resumed run continues up to this number); ``None``
+            with ``replan``: chosen by it once the first iterations are timed.
         n_models: initial weights sampled per iteration (evaluated together, see ``batching``).
         lr: Adam learning rate for the images.
         lr_step_sizes: Adam learning rate for the raw step sizes (default ``lr``).
@@ -172,6 +179,11 @@ def distill(
         sample_inner: draws each iteration's inner optimizer and step plan (e.g. one victim of a
             distribution, MetaPoison style) from the run's generator; replaces ``inner_optimizer``
             and the default replay of the set.
+        replan: for a time budget: called once with the measured seconds per iteration (the
+            mean of ``probe`` iterations after the first) and returning ``(iterations,
+            decay_every)``, which replace the given ones; kept in checkpoints, so a resumed run
+            keeps the plan of its first start.
+        probe: iterations timed before ``replan``.
         seed: seeds the generator behind every sample (θ0 draws and real batches).
         checkpoint_path: where to write checkpoints; ``None`` disables them.
         checkpoint_every: iterations between checkpoints.
@@ -191,8 +203,8 @@ def distill(
             good state is checkpointed first when ``checkpoint_path`` is set.
         DDSecError: ``resume`` without a checkpoint, or a checkpoint from a run with other settings.
     """
-    if iterations < 1 or n_models < 1:
-        raise ValueError("iterations and n_models must be at least 1")
+    if (iterations is None and replan is None) or (iterations is not None and iterations < 1) or n_models < 1:
+        raise ValueError("iterations (or a replan) and n_models must be at least 1")
     schedule = CheckpointSchedule(checkpoint_every, checkpoint_seconds)
     if on_nonfinite not in NONFINITE_POLICIES:
         raise ValueError(f"on_nonfinite must be one of {', '.join(NONFINITE_POLICIES)}")
@@ -224,6 +236,7 @@ def distill(
     generator = torch.Generator().manual_seed(seed)
     losses: list[float] = []
     lr_scale, start = 1.0, 0
+    plan: dict = {}
 
     if resume:
         state = load_checkpoint(require_checkpoint(checkpoint_path), device=images.device)
@@ -245,10 +258,16 @@ def distill(
         generator.set_state(state.generator_state)
         losses = state.losses.tolist()
         lr_scale, start = state.lr_scale, state.iteration
+        plan = dict(state.plan)
+        if plan:
+            iterations, decay_every = plan["iterations"], plan["decay_every"]
+
+    if iterations is None:  # provisional, until the plan is made after the first timed iterations
+        iterations = start + probe + 2
 
     def snapshot(iteration: int) -> LoopState:
         return LoopState(current, _adam_state(optimizer, names), generator.get_state(), iteration,
-                         torch.tensor(losses, dtype=torch.float32), lr_scale, fingerprint)
+                         torch.tensor(losses, dtype=torch.float32), lr_scale, fingerprint, plan)
 
     here = world()
     if here.size > 1:
@@ -263,9 +282,11 @@ def distill(
     model = objective.model
     backoffs_in_a_row = total_backoffs = 0
     iteration = start
+    timed_from: float | None = None  # the end of the first iteration of this process, for replan
     if resume and on_progress is not None:
         on_progress(Progress(start, iterations, losses[-1] if losses else float("nan"),
-                             optimizer.param_groups[0]["lr"], delivered(), "resume"))
+                             optimizer.param_groups[0]["lr"], delivered(), "resume",
+                             replan is None or bool(plan)))
     try:
         while iteration < iterations:
             decay = decay_factor ** (iteration // decay_every) if decay_every else 1.0
@@ -275,10 +296,10 @@ def distill(
                 generator.manual_seed(iteration_seed(seed, iteration, here))
             x_real, y_real = objective.real_batch(generator)
             params = objective.init.sample(n_models, generator)
-            inner, plan = (inner_optimizer, None) if sample_inner is None else sample_inner(generator)
+            inner, inner_plan = (inner_optimizer, None) if sample_inner is None else sample_inner(generator)
             loss, images_grad, raw_grad, *learned_grads = meta_grads(
                 model, params, delivered(), x_real, y_real, mode=mode, keep_graphs=keep_graphs,
-                batching=batching, loss_fn=objective.outer_loss, optimizer=inner, plan=plan,
+                batching=batching, loss_fn=objective.outer_loss, optimizer=inner, plan=inner_plan,
             )
             learned_grads = [grad for grad in learned_grads if grad is not None]  # in the order of `learned`
             if here.size > 1:
@@ -298,7 +319,7 @@ def distill(
                 lr_scale *= 0.5
                 if on_progress is not None:
                     on_progress(Progress(iteration, iterations, float(loss), optimizer.param_groups[0]["lr"], delivered(),
-                                         "backoff"))
+                                         "backoff", replan is None or bool(plan)))
                 continue
             backoffs_in_a_row = 0
             images.grad, raw_lrs.grad = images_grad, raw_grad
@@ -308,6 +329,18 @@ def distill(
             if constraint is not None:
                 constraint.project_(images)
             iteration += 1
+            if replan is not None and not plan:
+                if timed_from is None:
+                    timed_from = time.perf_counter()
+                elif iteration - start == probe + 1:
+                    seconds = (time.perf_counter() - timed_from) / probe
+                    chosen, every = replan(seconds)
+                    if here.size > 1:  # every process follows rank 0's plan
+                        shared = torch.tensor([chosen, every or 0, seconds], dtype=torch.float64)
+                        broadcast_([shared])
+                        chosen, every, seconds = int(shared[0]), int(shared[1]) or None, float(shared[2])
+                    iterations, decay_every = max(chosen, iteration), every
+                    plan = {"iterations": iterations, "decay_every": decay_every, "seconds_per_iteration": seconds}
             losses.append(float(loss))
             event = ""
             if iteration == iterations or (checkpoint_path is not None and schedule.due(iteration)):
@@ -315,9 +348,9 @@ def distill(
                 event = "checkpoint" if checkpoint_path is not None else ""
             if on_progress is not None:
                 on_progress(Progress(iteration, iterations, float(loss), optimizer.param_groups[0]["lr"], delivered(),
-                                     event))
+                                     event, replan is None or bool(plan)))
     except (KeyboardInterrupt, PeerLostError):
         checkpoint(iteration)
         raise
     final = delivered().detached()
-    return DistillResult(final, torch.tensor(losses, dtype=torch.float32), start, total_backoffs)
+    return DistillResult(final, torch.tensor(losses, dtype=torch.float32), start, total_backoffs, plan)

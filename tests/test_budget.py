@@ -1,0 +1,96 @@
+"""Time budgets: durations parse (or fail in one line), a budgeted run fills its budget, an explicit
+--iterations wins, and a resumed run keeps the iteration count chosen at its first start."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from ddsec.budget import parse_duration, planner
+from ddsec.cli import app
+from ddsec.engine import ClassificationObjective, RandomInit, RealBatches, SyntheticSet, distill, load_checkpoint
+from ddsec.errors import DDSecError
+from ddsec.export import load_distilled
+from ddsec.models_zoo import create_model
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("text, seconds", [("90s", 90), ("10m", 600), ("2h", 7200), ("1h30m", 5400), ("45", 45),
+                                           ("0.5m", 30)])
+def test_durations_parse(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "ten minutes", "10x", "-5m", "0s", "5m3"])
+def test_bad_durations_are_one_line(text):
+    with pytest.raises(DDSecError, match="--budget must be"):
+        parse_duration(text)
+
+
+def test_planner_fills_the_budget_and_places_the_decay_by_fraction():
+    assert planner("60s", 0.35)(0.5) == (120, 42)
+    assert planner("60s", None, decay_every=7)(2.0) == (30, 7)
+
+
+def tiny_objective() -> ClassificationObjective:
+    model = create_model("test_cnn", num_classes=3, in_chans=1, image_size=6, seed=0).eval()
+    x = torch.randn(60, 1, 6, 6, generator=torch.Generator().manual_seed(0))
+    return ClassificationObjective(model, RandomInit(model), RealBatches(x, torch.arange(60) % 3, 16))
+
+
+def start() -> SyntheticSet:
+    return SyntheticSet.create(num_classes=3, ipc=1, steps=2, epochs=1, image_shape=(1, 6, 6), init_lr=0.1,
+                               generator=torch.Generator().manual_seed(1))
+
+
+def slow(progress) -> None:
+    time.sleep(0.05)  # iterations of ~50 ms, so that timing noise is small against them
+
+
+def test_a_budgeted_run_fills_its_budget_within_20_percent():
+    began = time.perf_counter()
+    result = distill(tiny_objective(), start(), iterations=None, replan=planner("2s", 0.5), on_progress=slow)
+    elapsed = time.perf_counter() - began
+    assert 0.8 * 2.0 <= elapsed <= 1.2 * 2.0, (elapsed, result.plan)
+    assert result.losses.shape == (result.plan["iterations"],)
+    assert result.plan["decay_every"] == round(0.5 * result.plan["iterations"])
+
+
+def test_resume_keeps_the_iteration_count_of_the_first_start(tmp_path):
+    ckpt = tmp_path / "run.ckpt"
+
+    def interrupt(progress) -> None:
+        slow(progress)
+        if progress.iteration == 6:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        distill(tiny_objective(), start(), iterations=None, replan=planner("2s", None), checkpoint_path=ckpt,
+                on_progress=interrupt)
+    chosen = load_checkpoint(ckpt).plan["iterations"]
+    resumed = distill(tiny_objective(), start(), iterations=None, replan=planner("1h", None), checkpoint_path=ckpt,
+                      resume=True)  # a resume with no sleep would plan far more in an hour: it must not replan
+    assert resumed.plan["iterations"] == chosen and resumed.losses.shape == (chosen,)
+
+
+def test_cli_budget_goes_into_the_metadata_and_iterations_win(tmp_path):
+    common = ["distill", "--model", "test_cnn", "--steps", "1", "--epochs", "1", "--n-models", "1", "--batch-size", "16",
+              "--eval-models", "1", "--quiet", "--json"]
+    out = tmp_path / "b.safetensors"
+    result = runner.invoke(app, [*common, "--budget", "3s", "--decay-fraction", "0.5", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout.strip().splitlines()[-1])
+    config = load_distilled(out).meta.config
+    assert config["budget"] == "3s" and config["iterations"] is None
+    assert config["plan"]["iterations"] == payload["iterations"] > 3 and config["plan"]["seconds_per_iteration"] > 0
+    both = runner.invoke(app, [*common, "--budget", "1h", "--iterations", "2", "--out", str(tmp_path / "i.safetensors")])
+    assert both.exit_code == 0, both.output
+    assert "--iterations 2 wins over --budget 1h" in both.stderr
+    assert json.loads(both.stdout.strip().splitlines()[-1])["iterations"] == 2
+    bad = runner.invoke(app, [*common, "--budget", "soon", "--out", str(tmp_path / "x.safetensors")])
+    assert bad.exit_code == 1 and bad.stderr.strip().endswith("got 'soon'")
