@@ -11,7 +11,6 @@ from typer.testing import CliRunner
 from ddsec.adapt import AdaptConfig, prepare_adapt
 from ddsec.adapt.imagenet import imagenet_alexnet
 from ddsec.cli import app
-from ddsec.data.voc import VOC_CLASSES
 from ddsec.errors import DDSecError
 from ddsec.export import load_distilled
 from ddsec.models_zoo import create_model

@@ -13,19 +13,13 @@ from ddsec.attacks.metrics import weighted_relabel
 from ddsec.cli import app
 from ddsec.errors import DDSecError
 from ddsec.export import load_distilled
-from ddsec.models_zoo.train import TrainRecipe
-from ddsec.models_zoo.zoo import train_entry
 
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def zoo(tmp_path_factory):
-    """A zoo with 6 + 3 small MLPs trained on digits (about 96 % test accuracy)."""
-    root = tmp_path_factory.mktemp("zoo")
-    train_entry("digits-mlp", dataset="digits", model_name="mlp", count=6, heldout=3, root=root,
-                recipe=TrainRecipe(steps=100, lr=0.01))
-    return root
+@pytest.fixture
+def zoo(digits_mlp_zoo):
+    return digits_mlp_zoo
 
 
 def config(zoo, **kwargs) -> PoisonConfig:

@@ -22,8 +22,6 @@ from ddsec.attacks import (
 from ddsec.cli import app
 from ddsec.errors import DDSecError
 from ddsec.export import save_distilled
-from ddsec.models_zoo.train import TrainRecipe
-from ddsec.models_zoo.zoo import train_entry
 
 runner = CliRunner()
 
@@ -78,11 +76,9 @@ def test_victim_plans_follow_their_spec():
 
 
 @pytest.fixture(scope="module")
-def attack(tmp_path_factory):
+def attack(digits_mlp_zoo):
     """A tiny 3 → 8 batch learned over 6 digits MLPs, judged on 3 held-out ones."""
-    root = tmp_path_factory.mktemp("zoo")
-    train_entry("digits-mlp", dataset="digits", model_name="mlp", count=6, heldout=3, root=root,
-                recipe=TrainRecipe(steps=100, lr=0.01))
+    root = digits_mlp_zoo
     cfg = PoisonConfig(model="mlp", zoo=str(root), n_models=4, iterations=40, lr=0.03, distill_lr=0.05,
                        batch_size=128, eval_models=3, device="cpu")
     job = prepare_poison(cfg)

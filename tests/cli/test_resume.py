@@ -71,13 +71,9 @@ def test_distill_resume_refuses_other_settings_and_accepts_runtime_ones(monkeypa
     assert payload["output"] == str(out) and load_distilled(out).lrs.shape == (2,)
 
 
-@pytest.fixture(scope="module")
-def zoo(tmp_path_factory):
-    """6 + 3 small MLPs trained on digits."""
-    root = tmp_path_factory.mktemp("zoo")
-    train_entry("digits-mlp", dataset="digits", model_name="mlp", count=6, heldout=3, root=root,
-                recipe=TrainRecipe(steps=60, lr=0.01))
-    return root
+@pytest.fixture
+def zoo(digits_mlp_zoo):
+    return digits_mlp_zoo
 
 
 def test_poison_resume_refuses_another_attack(monkeypatch, zoo, tmp_path):
