@@ -3,8 +3,10 @@
 For each :class:`~ddsec.attacks.victims.Victim` the held-out models train on the batch as that
 victim would (batched over models, through the engine's inner optimizer values), and the attack
 metrics of :mod:`ddsec.attacks.metrics` are measured on the test split; the label-flip baselines
-with the same image budget (class-``K`` images labelled ``T``, replayed with the batch's learned
-step sizes) go through the same victims, so every cell has its anchor.
+with the same image budget (class-``K`` images labelled ``T``, at the step size an attacker would
+pick, :func:`~ddsec.attacks.baselines.select_flip_batch`) go through the same victims, so every
+cell has its anchor. A victim's plan (clean draws, shifts) is drawn once per victim from the same
+seed for the batch and each baseline.
 """
 
 from __future__ import annotations
