@@ -186,14 +186,23 @@ def prepare_poison(cfg: PoisonConfig, train_entry: Callable[[str], None] | None 
             check_fits(path, base.train, dataset=base.train.name, model=cfg.model, purpose="this attack")
     transfer = None
     if cfg.eval_population is not None:
-        path = resolve_population(cfg.eval_population, "heldout", cfg.zoo)
-        meta = check_fits(path, base.train, dataset=base.train.name, model=None, purpose="this attack")
-        model = build_model(meta["model"], base.train).to(base.device)
-        population = PopulationInit(load_population(path, device=base.device))
-        note = heldout_count(cfg.eval_models, population, flag="--eval-models")[1]
-        notes += [] if note is None else [f"transfer population {path}: {note}"]
-        transfer = (model, population, str(path))
+        transfer = other_population(cfg.eval_population, base, cfg.zoo)
+        note = heldout_count(cfg.eval_models, transfer[1], flag="--eval-models")[1]
+        notes += [] if note is None else [f"transfer population {transfer[2]}: {note}"]
     return PoisonJob(cfg, base, transfer, notes)
+
+
+def other_population(name: str, base: DistillJob, zoo: str | None) -> tuple[nn.Module, PopulationInit, str]:
+    """``(model, held-out population, path)`` of another zoo entry or path (another architecture or
+    recipe) that fits ``base``'s data, for transfer measurements.
+
+    Raises:
+        DDSecError: the population is missing or was trained for other data.
+    """
+    path = resolve_population(name, "heldout", zoo)
+    meta = check_fits(path, base.train, dataset=base.train.name, model=None, purpose="this attack")
+    model = build_model(meta["model"], base.train).to(base.device)
+    return model, PopulationInit(load_population(path, device=base.device)), str(path)
 
 
 def run_poison(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -29,6 +30,8 @@ def stress(
     baseline: list[str] = typer.Option(["all"], help="Label-flip baselines replayed under the same victims:"
                                                      " flip-random | flip-average | flip-kmeans | all | none (repeatable)."),
     heldout_population: Optional[str] = typer.Option(None, help="Held-out population (default: the one the batch was evaluated on)."),
+    population: list[str] = typer.Option([], help="Also replay the batch, as the paper's victim, on the held-out models of"
+                                                  " this zoo entry or path: another architecture or recipe (repeatable)."),
     png: Optional[Path] = typer.Option(None, help="Heatmap of the matrix (default: FILE with .stress.png)."),
     data_dir: Optional[str] = O.DATA_DIR,
     zoo: Optional[str] = O.ZOO,
@@ -39,6 +42,7 @@ def stress(
 ) -> None:
     """Replay a poisoning batch under many victims: attack success, other classes and clean accuracy per victim."""
     from ddsec.attacks import FLIP_KINDS, STANDARD_VICTIMS, parse_victim, prepare_from_file, stress_matrix, victim_spec
+    from ddsec.attacks.poison import other_population
     from ddsec.attacks.baselines import select_flip_batch
     from ddsec.engine import SyntheticSet
     from ddsec.evaluate import heldout_count
@@ -67,10 +71,17 @@ def stress(
                                          attack=cfg.attack, target=cfg.target, shape=tuple(dset.images.shape[:2]),
                                          epochs=dset.meta.epochs, learned_lrs=dset.lrs, seed=seed)[0]
                  for kind in kinds}
-    with progress_bar("victims", len(victims), quiet=quiet) as update:
+    others = [other_population(name, base, zoo) for name in population]
+    with progress_bar("victims", len(victims) + len(others), quiet=quiet) as update:
         cells = stress_matrix(base.model, base.heldout, poison, victims, base.train, base.test, attack=cfg.attack,
                               target=cfg.target, n_models=models, baselines=flips, seed=seed,
                               on_victim=lambda done, total, name: update(done, name))
+        for index, (name, (model, heldout, path)) in enumerate(zip(population, others)):  # other models
+            victim = replace(STANDARD_VICTIMS[0], name=f"paper on {name}")
+            cells += stress_matrix(model, heldout, poison, [victim], base.train, base.test, attack=cfg.attack,
+                                   target=cfg.target, n_models=heldout_count(models, heldout, flag="")[0],
+                                   baselines=flips, seed=seed)
+            update(len(victims) + index + 1, name)
     picture = png or file.with_suffix(".stress.png")
     columns = [label for _, label in COLUMNS] + [f"{kind}: {label}" for kind in kinds for _, label in COLUMNS[:2]]
     values = [[cell.batch.after.mean()[key] for key, _ in COLUMNS] +

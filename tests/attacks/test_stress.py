@@ -107,11 +107,13 @@ def test_stress_cli_writes_table_json_and_heatmap(attack, tmp_path):
     path = tmp_path / "batch.safetensors"
     save_distilled(path, outcome.distilled)
     result = runner.invoke(app, ["stress", str(path), "--zoo", str(zoo), "--models", "2", "--baseline", "flip-average",
-                                 "--victim", "sgd lr=x0.5 mix=16 name=half-mixed", "--quiet", "--json"])
+                                 "--victim", "sgd lr=x0.5 mix=16 name=half-mixed", "--population", "digits-mlp",
+                                 "--quiet", "--json"])
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout.strip().splitlines()[-1])
     names = [row["victim"]["name"] for row in payload["victims"]]
-    assert names == [v.name for v in STANDARD_VICTIMS] + ["half-mixed"] and payload["models"] == 2
+    assert names == [v.name for v in STANDARD_VICTIMS] + ["half-mixed", "paper on digits-mlp"] and payload["models"] == 2
+    assert payload["victims"][-1]["batch"] == payload["victims"][0]["batch"]  # the same held-out models
     assert set(payload["victims"][0]["baselines"]) == {"flip-average"}
     assert (tmp_path / "batch.stress.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "mixed-into-32-clean" in result.stdout
