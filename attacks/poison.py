@@ -36,6 +36,7 @@ from ddsec.distill import (
     DistillConfig,
     DistillJob,
     build_model,
+    config_from_meta,
     initial_synthetic,
     optimize,
     prepare_distill,
@@ -302,8 +303,8 @@ def prepare_from_file(
 ) -> tuple[DistilledSet, PoisonJob]:
     """Load an exported poisoning batch and rebuild its attack: data, model and held-out population.
 
-    The runtime settings (data root, zoo folder, device) may differ from the run that wrote the
-    file; ``heldout_population`` replaces the stored held-out population (e.g. a larger one).
+    The runtime settings (data root, zoo folder, device) given replace the stored ones, as for
+    ``ddsec eval``; ``heldout_population`` replaces the stored held-out population (e.g. a larger one).
 
     Raises:
         DDSecError: not a poison set (a ``distill`` or ``adapt`` set), or its data or populations
@@ -314,13 +315,6 @@ def prepare_from_file(
     dset = load_distilled(path)
     if dset.meta.task != "poison":
         raise DDSecError(f"{path} is a {dset.meta.task} set, not a poisoning batch (written by `ddsec poison`)")
-    known = set(PoisonConfig.__dataclass_fields__)
-    stored = {k: v for k, v in dset.meta.config.items() if k in known}
-    runtime = {"data_dir": data_dir, "zoo": zoo, "device": device, "download": False, "eval_population": None}
-    if heldout_population is not None:
-        runtime["heldout_population"] = heldout_population
-    try:
-        cfg = PoisonConfig(**(stored | runtime))
-    except TypeError as exc:
-        raise DDSecError(f"the file's stored config is not usable ({exc})") from None
-    return dset, prepare_poison(cfg)
+    cfg = config_from_meta(dset.meta, PoisonConfig, data_dir=data_dir, zoo=zoo, device=device, download=False,
+                           heldout_population=heldout_population)
+    return dset, prepare_poison(replace(cfg, eval_population=None))

@@ -23,6 +23,7 @@ from ddsec.engine import (
     FIXED_KINDS,
     INIT_SCHEMES,
     MODES,
+    DEFAULT_CHECKPOINT_SECONDS,
     ClassificationObjective,
     DistillResult,
     FixedInit,
@@ -30,7 +31,6 @@ from ddsec.engine import (
     InitDistribution,
     InnerOptimizer,
     InnerStep,
-    DEFAULT_CHECKPOINT_SECONDS,
     Objective,
     PopulationInit,
     Progress,
@@ -364,12 +364,13 @@ def run_distill(
     return DistillOutcome(distilled, evaluation, result.losses, seconds)
 
 
-def config_from_meta(meta: DistilledMeta, **overrides) -> DistillConfig:
-    """The :class:`DistillConfig` stored in a distilled set's metadata, with ``overrides``."""
-    known = set(DistillConfig.__dataclass_fields__)
+def config_from_meta(meta: DistilledMeta, config_class: type[DistillConfig] = DistillConfig, **overrides) -> DistillConfig:
+    """The config (a :class:`DistillConfig` or a front end's subclass) stored in a distilled set's
+    metadata, with the ``overrides`` that are not ``None``."""
+    known = set(config_class.__dataclass_fields__)
     stored = {k: v for k, v in meta.config.items() if k in known}
     try:
-        return DistillConfig(**{**stored, **{k: v for k, v in overrides.items() if v is not None}})
+        return config_class(**{**stored, **{k: v for k, v in overrides.items() if v is not None}})
     except TypeError as exc:
         raise DDSecError(f"the file's stored config is not usable ({exc})") from None
 

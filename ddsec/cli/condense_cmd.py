@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ddsec.cli import options as O
 from ddsec.cli.eval_cmd import StageBars
-from ddsec.cli.render import err, out, percent, print_json, result_table
+from ddsec.cli.render import err, out, percent, print_json, result_table, say_where_resumed
 from ddsec.errors import DDSecError
 
 METHOD_HELP = ("dd: unrolled steps with learned step sizes (Wang et al.); dc: gradient matching; dsa: gradient"
@@ -55,8 +55,7 @@ def condense_command(cfg, *, out_path: Path | None, resume: bool, force: bool, c
     report = bars.reporter(cfg.method)
 
     def on_progress(progress) -> None:
-        if progress.event == "resume":
-            err.print(f"resuming from iteration {progress.iteration} of {progress.iterations}", highlight=False)
+        say_where_resumed(progress)
         report("condensing", progress.iteration, progress.iterations, f"loss {progress.loss:.4f}")
 
     try:

@@ -120,16 +120,14 @@ def distill(
     model = model or D.model
     given = dict(iterations=iterations, budget=budget, decay_fraction=decay_fraction, lr=lr, lr_step_sizes=lr_step_sizes,
                  keep_graphs=keep_graphs, momentum=momentum, lr_momenta=lr_momenta)
-    recipe = recipe_for("distill", dataset)
-    settings = {k: v for k, v in recipe.settings.items() if given.get(k) is None} | {
-        k: v for k, v in given.items() if v is not None}
-    notes = [f"--iterations {iterations} wins over --budget {budget}"] if iterations is not None and budget else []
-    if "iterations" in settings and "budget" in settings:  # an explicit count wins over a budget
-        settings.pop("budget" if iterations is not None else "iterations")
-    settings.setdefault("iterations", None if "budget" in settings else D.iterations)
+    recipe = recipe_for("distill", dataset)  # fills what was not given
+    iterations, budget, notes = O.iterations_or_budget(iterations, budget, recipe.settings.get("iterations", D.iterations),
+                                                       recipe.settings.get("budget"))
+    settings = {k: recipe.settings.get(k) if v is None else v for k, v in given.items()}
+    settings = {k: v for k, v in settings.items() if v is not None} | {"iterations": iterations, "budget": budget}
     used = {k: v for k, v in recipe.settings.items() if settings.get(k) == v and given.get(k) is None}
     notes += [f"recipe for {dataset}: {', '.join(f'{k}={v}' for k, v in used.items())} ({recipe.source})"] if used else []
-    every = O.eval_interval(eval_every, settings.get("iterations"))
+    every = O.eval_interval(eval_every, iterations)
     cfg = D(
         dataset=dataset, data_dir=data_dir, download=download, model=model, steps=steps, epochs=epochs, ipc=ipc, init=init,
         init_scheme=init_scheme, init_seed=init_seed, weights=weights, population=population,
@@ -137,7 +135,6 @@ def distill(
         decay_every=decay_every, mode=mode, image_init=image_init, learn_labels=learn_labels, seed=seed, device=device,
         eval_models=D.eval_models if eval_models is None else eval_models, **settings,
     )
-    iterations = cfg.iterations
     default = Path("distilled") / f"{dataset}-{model}.safetensors"
     output, checkpoint = O.output_paths(out_path, default, resume=resume, force=force)
     with err.status("loading data and building the model…"):

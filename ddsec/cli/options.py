@@ -80,11 +80,13 @@ def eval_interval(eval_every: int | None, iterations: int | None) -> int | None:
     return eval_every
 
 
-def iterations_or_budget(iterations: int | None, budget: str | None, default: int) -> tuple[int | None, str | None, list[str]]:
+def iterations_or_budget(iterations: int | None, budget: str | None, default: int,
+                         default_budget: str | None = None) -> tuple[int | None, str | None, list[str]]:
     """``(iterations, budget, notes)``: an explicit ``--iterations`` wins over ``--budget`` (with a
-    note); neither gives ``default`` iterations."""
+    note); neither gives ``default_budget`` when there is one (a dataset's recipe), else
+    ``default`` iterations."""
     if iterations is not None and budget is not None:
         return iterations, None, [f"--iterations {iterations} wins over --budget {budget}"]
     if iterations is None and budget is None:
-        return default, None, []
+        return (None, default_budget, []) if default_budget is not None else (default, None, [])
     return iterations, budget, []

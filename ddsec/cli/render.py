@@ -79,13 +79,18 @@ def loop_reporter(update: Callable[..., None], quick_label: str) -> Callable[[An
     last = [""]
 
     def on_progress(progress: Any, quick: float | None) -> None:
-        if progress.event == "resume":
-            err.print(f"resuming from iteration {progress.iteration} of {progress.iterations}", highlight=False)
+        say_where_resumed(progress)
         if quick is not None:
             last[0] = f"  {quick_label} {percent(quick)}"
         update(progress.iteration, f"loss {progress.loss:.3f}{last[0]}", total=progress.iterations)
 
     return on_progress
+
+
+def say_where_resumed(progress: Any) -> None:
+    """On an outer loop's ``resume`` event, one line: from which iteration it continues."""
+    if progress.event == "resume":
+        err.print(f"resuming from iteration {progress.iteration} of {progress.iterations}", highlight=False)
 
 
 def print_notes(notes: list[str]) -> None:

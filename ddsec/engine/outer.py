@@ -265,6 +265,10 @@ def distill(
     if iterations is None:  # provisional, until the plan is made after the first timed iterations
         iterations = start + probe + 2
 
+    def planned() -> bool:
+        """Whether ``iterations`` is final (no budget, or its plan is made)."""
+        return replan is None or bool(plan)
+
     def snapshot(iteration: int) -> LoopState:
         return LoopState(current, _adam_state(optimizer, names), generator.get_state(), iteration,
                          torch.tensor(losses, dtype=torch.float32), lr_scale, fingerprint, plan)
@@ -286,7 +290,7 @@ def distill(
     if resume and on_progress is not None:
         on_progress(Progress(start, iterations, losses[-1] if losses else float("nan"),
                              optimizer.param_groups[0]["lr"], delivered(), "resume",
-                             replan is None or bool(plan)))
+                             planned()))
     try:
         while iteration < iterations:
             decay = decay_factor ** (iteration // decay_every) if decay_every else 1.0
@@ -319,7 +323,7 @@ def distill(
                 lr_scale *= 0.5
                 if on_progress is not None:
                     on_progress(Progress(iteration, iterations, float(loss), optimizer.param_groups[0]["lr"], delivered(),
-                                         "backoff", replan is None or bool(plan)))
+                                         "backoff", planned()))
                 continue
             backoffs_in_a_row = 0
             images.grad, raw_lrs.grad = images_grad, raw_grad
@@ -348,7 +352,7 @@ def distill(
                 event = "checkpoint" if checkpoint_path is not None else ""
             if on_progress is not None:
                 on_progress(Progress(iteration, iterations, float(loss), optimizer.param_groups[0]["lr"], delivered(),
-                                     event, replan is None or bool(plan)))
+                                     event, planned()))
     except (KeyboardInterrupt, PeerLostError):
         checkpoint(iteration)
         raise
