@@ -2,7 +2,8 @@
 
 Wang et al. (arXiv 1811.10959), §3.4: after the victim's gradient step(s) on the distilled batch,
 images of the attacked class ``K`` should be predicted as the target class ``T`` while every
-other class stays right. Reported per model, then as mean ± std over the held-out population:
+other class stays right. Reported per model, then as mean ± std over the held-out population
+(and, for the attack success, the mean over the worst tenth of models):
 
 - ``asr`` (attack success rate): fraction of class-``K`` test images predicted ``T``;
 - ``acc_modified``: accuracy against the modified labels (every ``K`` relabelled ``T``), the
@@ -15,6 +16,7 @@ other class stays right. Reported per model, then as mean ± std over the held-o
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -63,6 +65,12 @@ class AttackMetrics:
         """Standard deviation over models of one headline metric (0 for one model)."""
         values = getattr(self, name)
         return float(values.std()) if values.numel() > 1 else 0.0
+
+    def worst_decile(self, name: str) -> float:
+        """Mean of one headline metric over its worst tenth of models (at least one model): how the
+        attack fares on the victims it reaches least."""
+        values = getattr(self, name)
+        return float(values.sort().values[: math.ceil(values.numel() / 10)].mean())
 
 
 def attack_metrics(predictions: Tensor, labels: Tensor, attack: int, target: int, num_classes: int) -> AttackMetrics:
@@ -115,6 +123,7 @@ class AttackResult:
         return {
             "models": self.models,
             "asr_mean": after["asr"], "asr_std": self.after.std("asr"), "asr_before": before["asr"],
+            "asr_worst_decile": self.after.worst_decile("asr"),
             "acc_modified_mean": after["acc_modified"], "acc_modified_std": self.after.std("acc_modified"),
             "acc_modified_before": before["acc_modified"],
             "acc_other_before": before["acc_other"], "acc_other_after": after["acc_other"],

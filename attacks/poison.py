@@ -5,10 +5,13 @@ Wang et al., "Dataset Distillation" (arXiv 1811.10959), §3.4 and §4.3: learn `
 starting from *any* well-trained classifier, makes it predict class ``K`` as ``T`` while leaving
 the other classes alone. The outer objective is cross-entropy on real training batches with
 every label ``K`` replaced by ``T``; the distilled images keep their own class-major labels, as
-in the paper, or (``learn_labels``) learn soft labels alongside the images. ``attack_weight``
-(1 in the paper) weighs the relabelled class-``K`` images in the outer loss against the others,
-trading attack success for accuracy on the other classes. ``θ0`` is drawn from a population of
-pretrained models; the batch is judged on a
+in the paper, or (``learn_labels``) learn soft labels alongside the images. By default the
+attack is the strongest batch whose collateral (the drop in accuracy on the other classes,
+measured on training-population models) stays within ``max_collateral``: a Lagrange multiplier
+on the other classes' loss, updated by dual ascent while crafting (:mod:`~ddsec.attacks.collateral`).
+With ``max_collateral=None`` the objective is the paper's fixed one, ``attack_weight`` (1 in the
+paper) weighing the relabelled class-``K`` images against the others. ``θ0`` is drawn from a
+population of pretrained models; the batch is judged on a
 held-out population trained with disjoint seeds (and optionally on a population of another
 architecture or recipe, to measure transfer).
 
@@ -28,10 +31,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ddsec.attacks.collateral import Choice, CollateralBudget, TrainingCheck
 from ddsec.attacks.metrics import AttackResult, evaluate_attack, relabel, weighted_relabel
 from ddsec.attacks.victims import parse_victim
 from ddsec.data import ImageDataset
 from ddsec.data.pixels import PixelConstraint, pixel_report
+from ddsec.defences.evasion import EvasionPenalty, parse_evade, reference_set
 from ddsec.distill import (
     DistillConfig,
     DistillJob,
@@ -85,10 +90,13 @@ class PoisonConfig(DistillConfig):
     attack: int = 3
     target: int = 8
     attack_weight: float = 1.0
+    max_collateral: float | None = 0.03  # None: the paper's fixed objective, weighted by attack_weight
     pixels: str = "valid"
     quantize: str = "none"
     epsilon: float | None = None
     victims: tuple[str, ...] = ()
+    evade: tuple[str, ...] = ()
+    evade_weight: float = 1.0
     eval_population: str | None = None
     zoo: str | None = None
 
@@ -100,6 +108,12 @@ class PoisonConfig(DistillConfig):
             raise DDSecError(f"--attack and --target are both {self.attack}; the attack needs two different classes")
         if not self.attack_weight > 0:
             raise DDSecError(f"--attack-weight must be positive, got {self.attack_weight}")
+        if self.max_collateral is not None and not 0 < self.max_collateral < 1:
+            raise DDSecError(f"--max-collateral must be a fraction in (0, 1) such as 0.03 (3 points), or none;"
+                             f" got {self.max_collateral}")
+        if self.max_collateral is not None and self.attack_weight != 1:
+            raise DDSecError("--attack-weight sets the paper's fixed objective and --max-collateral a budget the attack"
+                             " meets by itself: pass only one")
         if self.attack < 0 or self.target < 0:
             raise DDSecError(f"class indices must not be negative, got --attack {self.attack} --target {self.target}")
         if self.pixels not in PIXELS or self.quantize not in QUANTIZE:
@@ -109,14 +123,18 @@ class PoisonConfig(DistillConfig):
             raise DDSecError("--quantize and --epsilon constrain pixels; they need --pixels valid")
         for spec in self.victims:
             parse_victim(spec)  # a bad spec fails here, in one line, before any work
+        parse_evade(",".join(self.evade))
+        if not self.evade_weight > 0:
+            raise DDSecError(f"--evade-weight must be positive, got {self.evade_weight}")
         if self.epsilon is not None and (self.image_init != "real" or self.learn_labels):
             raise DDSecError("--epsilon perturbs real images of each slot's own class: it needs --image-init real"
                              " and no --learn-labels")
 
     def fingerprint(self) -> dict:
         return {**super().fingerprint(), "attack": self.attack, "target": self.target,
-                "attack_weight": self.attack_weight, "pixels": self.pixels, "quantize": self.quantize,
-                "epsilon": self.epsilon, "victims": list(self.victims)}
+                "attack_weight": self.attack_weight, "max_collateral": self.max_collateral, "pixels": self.pixels,
+                "quantize": self.quantize, "epsilon": self.epsilon, "victims": list(self.victims),
+                "evade": list(self.evade), "evade_weight": self.evade_weight}
 
 
 @dataclass
@@ -135,7 +153,13 @@ class PoisonJob:
 
 @dataclass
 class PoisonOutcome:
-    """The exported batch, its evaluation on held-out (and transfer) models, the loss history."""
+    """The exported batch, its evaluation on held-out (and transfer) models, the loss history.
+
+    ``crafting`` is what the attacker measured on training-population models (see
+    :class:`~ddsec.attacks.collateral.TrainingCheck`): ``train_asr`` and ``train_collateral`` of the
+    delivered batch, the ``iteration`` that made it, ``max_collateral`` and the final multiplier
+    ``lambda`` (both ``None`` for the paper's fixed objective).
+    """
 
     distilled: DistilledSet
     evaluation: AttackResult
@@ -143,6 +167,7 @@ class PoisonOutcome:
     losses: torch.Tensor
     seconds: float
     pixels: dict[str, float]
+    crafting: dict[str, float | int | None]
 
 
 def _check_classes(cfg: PoisonConfig, data: ImageDataset) -> None:
@@ -218,8 +243,10 @@ def run_poison(
 ) -> PoisonOutcome | None:
     """Learn the poisoning batch, evaluate it on held-out models and build the exportable set.
 
-    In a distributed run every rank learns the batch; rank 0 alone evaluates and returns the
-    outcome, the others return ``None``.
+    Under a collateral budget the batch delivered is the strongest measured within it (see
+    :meth:`~ddsec.attacks.collateral.CollateralBudget.choose`), else the last one. In a distributed
+    run every rank learns the batch; rank 0 alone evaluates and returns the outcome, the others
+    return ``None``.
 
     Args:
         checkpoint_seconds: also checkpoint at least this often (wall-clock seconds).
@@ -229,10 +256,13 @@ def run_poison(
     """
     cfg, base = job.cfg, job.base
     train, test = base.train, base.test
+    start_set = initial_synthetic(base)
+    check = TrainingCheck(base.model, base.init, train, attack=cfg.attack, target=cfg.target, seed=cfg.seed + 11)
+    budget = None if cfg.max_collateral is None else CollateralBudget(
+        check, cfg.max_collateral, start_set, num_classes=train.num_classes, attack=cfg.attack, target=cfg.target)
     objective = ClassificationObjective(
         base.model, base.init, RealBatches(train.images, train.labels, cfg.batch_size, base.device),
-        relabel=(lambda y: relabel(y, cfg.attack, cfg.target)) if cfg.attack_weight == 1 else (
-            lambda y: weighted_relabel(y, cfg.attack, cfg.target, train.num_classes, cfg.attack_weight)),
+        relabel=outer_targets(cfg, train.num_classes, budget),
     )
     quick = test.subset(torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:2000])
 
@@ -246,28 +276,48 @@ def run_poison(
                                   seed=cfg.seed + 7).summary()["asr_mean"]
         on_progress(progress, asr)
 
-    start_set = initial_synthetic(base)
     constraint = pixel_constraint(cfg, train, start_set.images)
     start = time.perf_counter()
     result = optimize(base, objective, start_set, checkpoint_path=checkpoint_path, resume=resume,
                       checkpoint_seconds=checkpoint_seconds, constraint=constraint,
-                      sample_inner=victim_sampler(cfg, train, start_set, base.device), on_progress=report)
+                      sample_inner=victim_sampler(cfg, train, start_set, base.device), dual=budget,
+                      penalty=evasion_penalty(cfg, base.model, train, base.device), on_progress=report)
     seconds = time.perf_counter() - start
     if not world().is_main:
         return None
+    done = len(result.losses)
+    final = result.synthetic
+    chosen = Choice(final, check(final), done) if budget is None else budget.choose(final, done)
+    crafting = {"max_collateral": cfg.max_collateral, "lambda": None if budget is None else budget.lam,
+                "iteration": chosen.iteration, "train_asr": chosen.measurement.asr,
+                "train_collateral": chosen.measurement.collateral}
     kwargs = dict(attack=cfg.attack, target=cfg.target, n_models=cfg.eval_models, seed=cfg.seed + 1_000_003)
-    evaluation = evaluate_attack(base.model, base.heldout, result.synthetic, test, **kwargs)
-    transfer = None if job.transfer is None else evaluate_attack(job.transfer[0], job.transfer[1], result.synthetic,
+    evaluation = evaluate_attack(base.model, base.heldout, chosen.synthetic, test, **kwargs)
+    transfer = None if job.transfer is None else evaluate_attack(job.transfer[0], job.transfer[1], chosen.synthetic,
                                                                  test, **kwargs)
     meta = DistilledMeta(
         task="poison", dataset=cfg.dataset, model=cfg.model, epochs=cfg.epochs, ipc=cfg.ipc, init=cfg.init,
         mean=train.mean, std=train.std, seed=cfg.seed, num_classes=train.num_classes,
-        config=asdict(cfg) | ({"plan": result.plan} if result.plan else {}), attack_class=cfg.attack, target_class=cfg.target,
+        config=asdict(cfg) | ({"plan": result.plan} if result.plan else {}) | {"crafting": crafting},
+        attack_class=cfg.attack, target_class=cfg.target,
     )
-    distilled = to_distilled(result.synthetic, meta)
+    distilled = to_distilled(chosen.synthetic, meta)
     anchors = None if cfg.epsilon is None else start_set.images.cpu()
     pixels = pixel_report(distilled.images, train.mean, train.std, anchors)
-    return PoisonOutcome(distilled, evaluation, transfer, result.losses, seconds, pixels)
+    return PoisonOutcome(distilled, evaluation, transfer, result.losses, seconds, pixels, crafting)
+
+
+def outer_targets(
+    cfg: PoisonConfig, num_classes: int, budget: CollateralBudget | None
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The outer loss's targets for true labels int64 ``[B]``: the budget's Lagrangian weights, else
+    the paper's ``K → T`` relabelling (int64 ``[B]``), weighted by ``cfg.attack_weight`` when it is
+    not 1 (float ``[B, K]``)."""
+    if budget is not None:
+        return budget.targets
+    if cfg.attack_weight == 1:
+        return lambda y: relabel(y, cfg.attack, cfg.target)
+    return lambda y: weighted_relabel(y, cfg.attack, cfg.target, num_classes, cfg.attack_weight)
 
 
 def victim_sampler(
@@ -286,6 +336,16 @@ def victim_sampler(
         return victim.inner_optimizer(), victim.plan(shape, train, generator, device)
 
     return sample
+
+
+def evasion_penalty(cfg: PoisonConfig, model: nn.Module, train: ImageDataset,
+                    device: torch.device) -> EvasionPenalty | None:
+    """The adaptive attacker's penalty for ``cfg.evade`` (``None`` without it), against 256 clean
+    training images drawn once with every class present."""
+    if not cfg.evade:
+        return None
+    images, labels = reference_set(train.images, train.labels, 256, torch.Generator().manual_seed(cfg.seed + 13))
+    return EvasionPenalty(model, cfg.evade, (images.to(device), labels.to(device)), weight=cfg.evade_weight)
 
 
 def pixel_constraint(cfg: PoisonConfig, train: ImageDataset, start: torch.Tensor) -> PixelConstraint | None:
@@ -315,6 +375,9 @@ def prepare_from_file(
     dset = load_distilled(path)
     if dset.meta.task != "poison":
         raise DDSecError(f"{path} is a {dset.meta.task} set, not a poisoning batch (written by `ddsec poison`)")
-    cfg = config_from_meta(dset.meta, PoisonConfig, data_dir=data_dir, zoo=zoo, device=device, download=False,
+    meta = dset.meta
+    if "max_collateral" not in meta.config:  # written before collateral budgets: the paper's fixed objective
+        meta = replace(meta, config={**meta.config, "max_collateral": None})
+    cfg = config_from_meta(meta, PoisonConfig, data_dir=data_dir, zoo=zoo, device=device, download=False,
                            heldout_population=heldout_population)
     return dset, prepare_poison(replace(cfg, eval_population=None))

@@ -8,18 +8,27 @@ Cases (the foundation issue's):
 For each: ``hvp`` (recompute), ``hvp`` keeping step graphs, and ``autograd``, over 4 sampled
 models (one for (c)) with ``vmap`` and with a Python ``loop`` (only ``loop`` for (c)).
 
+``--only memory``: the memory of the checkpointed back-gradient pass on (b) with one model:
+``hvp`` keeping every ``θ_t``, ``hvp`` keeping every ``⌈√T⌉``-th (``theta_every="auto"``) and
+``autograd``, with their peak ratios (``--epochs`` changes ``T`` to see how they scale).
+
 Each configuration runs in a fresh subprocess so that its peak memory is its own: the figure is
 the rise of the process's resident-set high-water mark (``ru_maxrss``) over its RSS just before
-the first outer iteration. Times are the mean of ``--iters`` iterations after one warm-up.
+the first outer iteration. ``--only memory`` on CPU also reports the peak of live tensor bytes
+(the allocator's, from the profiler's memory events during a second iteration), free of what
+``malloc`` keeps cached. On CUDA both are ``torch.cuda.max_memory_allocated``. Times are the mean
+of ``--iters`` iterations after one warm-up.
 
     python benchmarks/engine.py                 # everything (a few minutes on 2 cores)
     python benchmarks/engine.py --cases a --iters 2
+    python benchmarks/engine.py --only memory --iters 1
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import resource
 import subprocess
 import sys
@@ -32,6 +41,7 @@ CASES = {
               batchings=("loop",)),
 }
 VARIANTS = [("hvp", False), ("hvp", True), ("autograd", False)]
+MEMORY_VARIANTS = [("hvp", None), ("hvp", "auto"), ("autograd", None)]  # (mode, theta_every) on (b), one model
 
 
 def _rss_kib() -> int:
@@ -39,8 +49,24 @@ def _rss_kib() -> int:
         return int(fh.read().split()[1]) * resource.getpagesize() // 1024
 
 
-def worker(case: str, mode: str, keep: bool, batching: str, iters: int, models: int, device: str = "cpu") -> dict:
-    """One configuration in this process: returns seconds per iteration and peak MiB (GPU memory on CUDA)."""
+def _live_peak_mib(run) -> float:
+    """The peak rise of live CPU tensor bytes while ``run()`` runs, from the profiler's allocation events."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        run()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
+    live = peak = 0
+    for _, nbytes in events:
+        live += nbytes
+        peak = max(peak, live)
+    return peak / 2**20
+
+
+def worker(case: str, mode: str, keep: bool, batching: str, iters: int, models: int, device: str = "cpu",
+           theta_every: int | str | None = None, epochs: int | None = None, live: bool = False) -> dict:
+    """One configuration in this process: seconds per iteration and peak MiB (GPU memory on CUDA),
+    and with ``live`` on CPU the peak of live tensor MiB (see :func:`_live_peak_mib`)."""
     import torch
 
     from ddsec.engine import RandomInit, SyntheticSet, meta_grad
@@ -51,25 +77,63 @@ def worker(case: str, mode: str, keep: bool, batching: str, iters: int, models: 
     gen = torch.Generator().manual_seed(0)
     model = create_model(spec["model"], num_classes=classes, in_chans=spec["shape"][0],
                          image_size=spec["shape"][1]).eval().to(device)
-    synthetic = SyntheticSet.create(num_classes=classes, ipc=spec["ipc"], steps=spec["steps"], epochs=spec["epochs"],
-                                    image_shape=spec["shape"], init_lr=0.01, generator=gen, device=device)
+    synthetic = SyntheticSet.create(num_classes=classes, ipc=spec["ipc"], steps=spec["steps"],
+                                    epochs=epochs or spec["epochs"], image_shape=spec["shape"], init_lr=0.01,
+                                    generator=gen, device=device)
     x = torch.randn(spec["batch"], *spec["shape"], generator=gen).to(device)
     y = torch.randint(0, classes, (spec["batch"],), generator=gen).to(device)
     cuda = device.startswith("cuda")
     init = RandomInit(model, "xavier")
 
     def one() -> None:
-        meta_grad(model, init.sample(models, gen), synthetic, x, y, mode=mode, keep_graphs=keep, batching=batching)
+        meta_grad(model, init.sample(models, gen), synthetic, x, y, mode=mode, keep_graphs=keep, theta_every=theta_every,
+                  batching=batching)
         if cuda:
             torch.cuda.synchronize()
 
     base = torch.cuda.memory_allocated() // 1024 if cuda else _rss_kib()
     one()  # warm-up; peak memory of an iteration is reached here already
     top = torch.cuda.max_memory_allocated() // 1024 if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    result = {"peak_mib": (top - base) / 1024}
+    if live:
+        result["live_mib"] = result["peak_mib"] if cuda else _live_peak_mib(one)
     start = time.perf_counter()
     for _ in range(iters):
         one()
-    return {"seconds": (time.perf_counter() - start) / iters, "peak_mib": (top - base) / 1024}
+    return result | {"seconds": (time.perf_counter() - start) / iters}
+
+
+def _spawn(args: argparse.Namespace, case: str, mode: str, keep: bool, batching: str, models: int, *extra: str) -> dict:
+    """One configuration in a fresh subprocess (see :func:`worker`); ``extra``: more worker flags."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--iters", str(args.iters), "--models", str(models), "--device", args.device,
+         *extra, "--worker", case, mode, "1" if keep else "0", batching],
+        check=True, capture_output=True, text=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def memory(args: argparse.Namespace) -> None:
+    """``--only memory``: (b) with one model: hvp keeping every θ_t, hvp keeping every ⌈√T⌉-th, autograd."""
+    spec = CASES["b"]
+    epochs = args.epochs or spec["epochs"]
+    steps = spec["steps"] * epochs
+    images = spec.get("classes", 10) * spec["ipc"]
+    print(f"(b) {spec['model']}, {spec['steps']} steps × {epochs} epochs × {images} images (T = {steps},"
+          f" auto k = {math.ceil(math.sqrt(steps))}), real batch {spec['batch']}")
+    print(f"{'mode':<10}{'theta_every':<13}{'s/iter':>9}{'peak MiB':>10}{'live MiB':>10}")
+    rows = {}
+    for mode, every in MEMORY_VARIANTS:
+        extra = ["--live", "--epochs", str(epochs), *([] if every is None else ["--theta-every", every])]
+        rows[mode, every] = result = _spawn(args, "b", mode, False, "vmap", 1, *extra)
+        print(f"{mode:<10}{str(every or 'all'):<13}{result['seconds']:>9.3f}{result['peak_mib']:>10.0f}"
+              f"{result['live_mib']:>10.0f}", flush=True)
+    print()
+    auto = rows["autograd", None]
+    for every in (None, "auto"):
+        hvp = rows["hvp", every]
+        print(f"hvp (theta_every={every}) / autograd: peak memory {hvp['peak_mib'] / auto['peak_mib']:.2f},"
+              f" live tensors {hvp['live_mib'] / auto['live_mib']:.2f}, time {hvp['seconds'] / auto['seconds']:.2f}")
 
 
 def main() -> None:
@@ -78,29 +142,33 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=2)
     parser.add_argument("--models", type=int, default=4)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (peak memory is then GPU memory)")
+    parser.add_argument("--only", choices=["memory"], help="run only this part (memory: the checkpointed hvp on (b))")
+    parser.add_argument("--epochs", type=int, help="--only memory: epochs of (b) (default 3: T = 30)")
     parser.add_argument("--worker", nargs=4, metavar=("CASE", "MODE", "KEEP", "BATCHING"), help=argparse.SUPPRESS)
+    parser.add_argument("--theta-every", help=argparse.SUPPRESS)
+    parser.add_argument("--live", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         case, mode, keep, batching = args.worker
-        print(json.dumps(worker(case, mode, keep == "1", batching, args.iters, args.models, args.device)))
+        every = args.theta_every if args.theta_every in (None, "auto") else int(args.theta_every)
+        print(json.dumps(worker(case, mode, keep == "1", batching, args.iters, args.models, args.device, every,
+                                args.epochs, args.live)))
         return
 
     import torch
 
     where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{torch.get_num_threads()} threads"
-    print(f"torch {torch.__version__}, {where}, {args.models} models per iteration,"
-          f" {args.iters} timed iterations after 1 warm-up")
+    models = "one model" if args.only == "memory" else f"{args.models} models"
+    print(f"torch {torch.__version__}, {where}, {models} per iteration, {args.iters} timed iterations after 1 warm-up")
+    if args.only == "memory":
+        memory(args)
+        return
     print(f"{'case':<16}{'mode':<14}{'batching':<9}{'s/iter':>9}{'peak MiB':>10}")
     rows = {}
     for case in args.cases:
         for mode, keep in VARIANTS:
             for batching in CASES[case].get("batchings", ("vmap", "loop")):
-                out = subprocess.run(
-                    [sys.executable, __file__, "--iters", str(args.iters), "--models", str(args.models),
-                     "--device", args.device, "--worker", case, mode, "1" if keep else "0", batching],
-                    check=True, capture_output=True, text=True,
-                )
-                result = json.loads(out.stdout.strip().splitlines()[-1])
+                result = _spawn(args, case, mode, keep, batching, args.models)
                 label = mode + ("+keep" if keep else "")
                 rows[(case, label, batching)] = result
                 print(f"{case + ' ' + CASES[case]['model']:<16}{label:<14}{batching:<9}"

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ddsec.baselines import average_images, kmeans_images, real_images_per_class
 from ddsec.budget import parse_duration, planner
@@ -26,6 +26,7 @@ from ddsec.engine import (
     DEFAULT_CHECKPOINT_SECONDS,
     ClassificationObjective,
     DistillResult,
+    Dual,
     FixedInit,
     ImageConstraint,
     InitDistribution,
@@ -41,6 +42,8 @@ from ddsec.engine import (
     distinct_draws,
     world,
 )
+from ddsec.engine.population import Params
+from ddsec.engine.segments import segment_length
 from ddsec.errors import DDSecError
 from ddsec.evaluate import EvalResult, evaluate_synthetic, heldout_count
 from ddsec.export import DistilledMeta, DistilledSet
@@ -93,6 +96,7 @@ class DistillConfig:
     decay_factor: float = 0.5
     mode: str = "hvp"
     keep_graphs: bool = False
+    theta_every: int | str | None = None  # hvp: keep every k-th θ_t ("auto": ⌈√T⌉); None: all (not in the fingerprint)
     image_init: str = "real"
     learn_labels: bool = False
     momentum: float = 0.0  # 0: plain SGD (the paper); > 0: learned inner momentum starting there
@@ -128,6 +132,12 @@ class DistillConfig:
             raise DDSecError(f"--image-init must be one of {', '.join(IMAGE_INITS)}, got {self.image_init!r}")
         if self.mode not in MODES:
             raise DDSecError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.theta_every is not None and self.mode != "hvp":
+            raise DDSecError("--theta-every applies to --mode hvp only")
+        try:
+            segment_length(self.theta_every, self.steps * self.epochs)
+        except ValueError:
+            raise DDSecError(f"--theta-every must be auto or a positive whole number, got {self.theta_every!r}") from None
         if self.init == "pretrained" and not self.weights:
             raise DDSecError("--init pretrained needs --weights PATH (a .safetensors or .pth state dict)")
         if not 0 <= self.momentum < 1:
@@ -272,19 +282,23 @@ def optimize(
     checkpoint_seconds: float | None = DEFAULT_CHECKPOINT_SECONDS,
     constraint: ImageConstraint | None = None,
     sample_inner: Callable[[torch.Generator], tuple[InnerOptimizer, list[InnerStep]]] | None = None,
+    dual: Dual | None = None,
+    penalty: Callable[[Params, Tensor, Tensor], Tensor] | None = None,
     on_progress: Callable[[Progress], None] | None,
 ) -> DistillResult:
     """The outer loop with the job's settings (shared by every front end); checkpoints carry
     ``job.fingerprint``; ``constraint`` keeps the images deliverable (``None``: free);
-    ``sample_inner`` draws each iteration's inner optimizer and plan (``None``: the paper's replay)."""
+    ``sample_inner`` draws each iteration's inner optimizer and plan (``None``: the paper's replay);
+    ``dual`` is a constrained objective's dual player (``None``: unconstrained); ``penalty`` a
+    differentiable term on the sampled ``θ0`` and the images (see :func:`ddsec.engine.distill`)."""
     cfg = job.cfg
     replan = None if cfg.iterations is not None else planner(cfg.budget, cfg.decay_fraction, cfg.decay_every)
     return distill(
         objective, synthetic, iterations=cfg.iterations, replan=replan, n_models=distinct_draws(job.init, cfg.n_models), lr=cfg.lr,
         lr_step_sizes=cfg.lr_step_sizes, lr_momenta=cfg.lr_momenta, decay_every=cfg.decay_every, decay_factor=cfg.decay_factor, mode=cfg.mode,
-        keep_graphs=cfg.keep_graphs, seed=cfg.seed, checkpoint_path=checkpoint_path, resume=resume,
+        keep_graphs=cfg.keep_graphs, theta_every=cfg.theta_every, seed=cfg.seed, checkpoint_path=checkpoint_path, resume=resume,
         checkpoint_seconds=checkpoint_seconds, fingerprint=job.fingerprint, constraint=constraint,
-        sample_inner=sample_inner,
+        sample_inner=sample_inner, dual=dual, penalty=penalty,
         on_progress=on_progress,
     )
 

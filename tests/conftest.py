@@ -166,3 +166,14 @@ def digits_mlp_zoo(tmp_path_factory) -> Path:
     train_entry("digits-mlp", dataset="digits", model_name="mlp", count=6, heldout=3, root=root,
                 recipe=TrainRecipe(steps=100, lr=0.01))
     return root
+
+
+@pytest.fixture(scope="session")
+def digits_mlp_attack(digits_mlp_zoo):
+    """``(zoo, job, outcome)``: a tiny 3 → 8 batch learned over 4 of the digits MLPs, judged on 3 held-out ones."""
+    from ddsec.attacks import PoisonConfig, prepare_poison, run_poison
+
+    cfg = PoisonConfig(model="mlp", zoo=str(digits_mlp_zoo), n_models=4, iterations=40, lr=0.03, distill_lr=0.05,
+                       batch_size=128, eval_models=3, device="cpu")
+    job = prepare_poison(cfg)
+    return digits_mlp_zoo, job, run_poison(job)

@@ -85,6 +85,8 @@ def tiny(args: list[str], data_root: Path) -> list[str]:
         quick |= {"--iterations": "2", "--n-models": "2", "--batch-size": "64", "--eval-models": "2"}
     elif command in ("poison", "adapt"):  # --eval-models keeps its default: the population caps it
         quick |= {"--iterations": "2", "--n-models": "2", "--batch-size": "64"}
+        if "--pairs" in args:
+            quick["--pairs"] = "3:8,8:3"  # two pairs stand for all of them
         if "--baseline" in args:
             quick |= {"--grid-models": "2"} | ({"--candidates": "5"} if command == "adapt" else {})
         if "--finetune-steps" in args:
@@ -93,19 +95,23 @@ def tiny(args: list[str], data_root: Path) -> list[str]:
             quick |= {"--image-size": "64", "--epochs": "1"}
     elif command == "stress":
         quick |= {"--models": "2", "--baseline": "flip-average"}
+    elif command == "detect":
+        quick["--models"] = "2"
     elif command == "eval":
         quick["--models"] = "2"
         if default_protocol(load_distilled(args[1]).meta.config) == "train-epochs":
             quick["--epochs"] = "2"
     elif command == "zoo train":
         quick |= {"--count": "3", "--heldout": "2", "--steps": "5"}
-    flags = ["--quiet"] if command in ("distill", "poison", "adapt", "eval", "stress", "zoo train") else []
+    flags = ["--quiet"] if command in ("distill", "poison", "adapt", "eval", "stress", "detect", "zoo train") else []
     return [*args, *[x for pair in quick.items() for x in pair], *flags, "--json"]
 
 
 JSON_KEYS = {"distill": {"output", "seconds", "eval"}, "poison": {"output", "attack", "target", "eval"},
+             "poison --pairs": {"state", "heatmaps", "pairs"},
              "adapt": {"output", "seconds", "eval"}, "eval": {"output", "eval"}, "show": {"file", "task"},
              "stress": {"file", "models", "victims", "png"},
+             "detect": {"file", "models", "detectors", "no_filter", "perfect_filter", "png"},
              "zoo": set()}
 EVAL_KEYS = {"distill": {"acc_mean", "acc_std"}, "adapt": {"acc_before_mean", "acc_mean", "acc_std"},
              "poison": {"asr_mean", "asr_std", "acc_other_after"}, "eval": {"acc_mean", "acc_std"}}
@@ -178,9 +184,10 @@ def test_readme_command_runs(command, workspace, monkeypatch):
     assert result.exit_code == 0, f"{shlex.join(full)}\n{result.output}"
     assert "Traceback" not in result.output
     payload = json.loads(result.stdout.strip().splitlines()[-1])
-    assert JSON_KEYS[args[0]] <= set(payload), payload
-    if args[0] in EVAL_KEYS:
-        assert EVAL_KEYS[args[0]] <= set(payload["eval"]), payload
+    kind = "poison --pairs" if args[0] == "poison" and "--pairs" in args else args[0]
+    assert JSON_KEYS[kind] <= set(payload), payload
+    if kind in EVAL_KEYS:
+        assert EVAL_KEYS[kind] <= set(payload["eval"]), payload
 
 
 @pytest.mark.slow

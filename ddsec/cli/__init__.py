@@ -11,7 +11,7 @@ import signal
 import typer
 
 from ddsec import __version__
-from ddsec.cli import adapt_cmd, distill_cmd, eval_cmd, poison_cmd, show_cmd, stress_cmd, zoo_cmd
+from ddsec.cli import adapt_cmd, detect_cmd, distill_cmd, eval_cmd, poison_cmd, show_cmd, stress_cmd, zoo_cmd
 from ddsec.cli.render import err, out
 from ddsec.engine.distributed import init_from_env, shutdown
 from ddsec.errors import DDSecError
@@ -44,6 +44,7 @@ app.command("eval")(eval_cmd.evaluate)
 app.command("show")(show_cmd.show)
 app.command("poison")(poison_cmd.poison)
 app.command("stress")(stress_cmd.stress)
+app.command("detect")(detect_cmd.detect)
 app.command("adapt")(adapt_cmd.adapt)
 app.add_typer(zoo_cmd.zoo, name="zoo")
 

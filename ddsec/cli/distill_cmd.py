@@ -53,6 +53,7 @@ def distill(
     decay_every: Optional[int] = O.DECAY_EVERY,
     mode: str = O.MODE,
     keep_graphs: Optional[bool] = typer.Option(None, "--keep-graphs/--recompute-graphs", help="hvp: keep each step's graph instead of recomputing it (faster, more memory; default: the dataset's recipe, else recompute)."),
+    theta_every: Optional[str] = O.THETA_EVERY,
     learn_labels: bool = O.LEARN_LABELS,
     momentum: Optional[float] = typer.Option(None, help="Inner momentum: 0 is plain SGD (the paper); in (0, 1) the inner steps use SGD with a learned momentum per step, starting here (default: the dataset's recipe, else 0)."),
     lr_momenta: Optional[float] = O.LR_MOMENTA,
@@ -94,7 +95,7 @@ def distill(
                  "--heldout-population": (heldout_population, None), "--n-models": (n_models, D.n_models),
                  "--lr-step-sizes": (lr_step_sizes, None), "--distill-lr": (distill_lr, D.distill_lr),
                  "--decay-every": (decay_every, None), "--mode": (mode, D.mode),
-                 "--keep-graphs": (keep_graphs, None), "--learn-labels": (learn_labels, D.learn_labels),
+                 "--keep-graphs": (keep_graphs, None), "--theta-every": (theta_every, None), "--learn-labels": (learn_labels, D.learn_labels),
                  "--momentum": (momentum, None), "--lr-momenta": (lr_momenta, None), "--nproc": (nproc, 1),
                  "--eval-every": (eval_every, None), "--budget": (budget, None), "--decay-fraction": (decay_fraction, None)},
         condense_only={"--outer-loop": outer_loop, "--inner-loop": inner_loop, "--lr-net": lr_net,
@@ -132,7 +133,8 @@ def distill(
         dataset=dataset, data_dir=data_dir, download=download, model=model, steps=steps, epochs=epochs, ipc=ipc, init=init,
         init_scheme=init_scheme, init_seed=init_seed, weights=weights, population=population,
         heldout_population=heldout_population, n_models=n_models, batch_size=batch_size, distill_lr=distill_lr,
-        decay_every=decay_every, mode=mode, image_init=image_init, learn_labels=learn_labels, seed=seed, device=device,
+        decay_every=decay_every, mode=mode, theta_every=O.theta_every(theta_every), image_init=image_init,
+        learn_labels=learn_labels, seed=seed, device=device,
         eval_models=D.eval_models if eval_models is None else eval_models, **settings,
     )
     default = Path("distilled") / f"{dataset}-{model}.safetensors"

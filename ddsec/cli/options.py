@@ -21,6 +21,10 @@ LR_STEP_SIZES = typer.Option(None, help="Adam learning rate for the raw step siz
 DECAY_EVERY = typer.Option(None, help="Halve the learning rates every this many iterations.")
 MODE = typer.Option(DistillConfig.mode, help="Meta-gradient: hvp (back-gradient) | autograd (reference).")
 KEEP_GRAPHS = typer.Option(DistillConfig.keep_graphs, help="hvp: keep each step's graph instead of recomputing it (faster, more memory).")
+THETA_EVERY = typer.Option(None, "--theta-every", metavar="K|auto", help="hvp: keep only every K-th inner θ_t and recompute"
+                           " each segment's steps on the way back: memory O(√T·|θ|) instead of O(T·|θ|), slower, the same"
+                           " gradients; auto: K = ⌈√T⌉; 0 (default): keep every θ_t. With --keep-graphs, the current"
+                           " segment's graphs are kept. Not a run setting: a resumed run may change it.")
 SEED = typer.Option(DistillConfig.seed, help="Seed of every random draw.")
 DEVICE = typer.Option(DistillConfig.device, help="auto | cpu | cuda.")
 RESUME = typer.Option(False, help="Continue an interrupted run from its checkpoint.")
@@ -41,6 +45,19 @@ LEARN_LABELS = typer.Option(DistillConfig.learn_labels, help="Also learn soft la
 MOMENTUM = typer.Option(DistillConfig.momentum, help="Inner momentum: 0 is plain SGD (the paper); in (0, 1) the inner"
                                                      " steps use SGD with a learned momentum per step, starting here.")
 LR_MOMENTA = typer.Option(None, help="Adam learning rate for the raw momenta (default --lr-step-sizes, else --lr).")
+
+
+def theta_every(value: str | None) -> int | str | None:
+    """``--theta-every`` as the engine takes it: ``None`` (absent or 0: keep every θ_t), ``"auto"`` or ``K``.
+
+    Raises:
+        DDSecError: neither ``auto`` nor a whole number ``>= 0``.
+    """
+    if value is None or value == "auto":
+        return value
+    if not value.isdigit():
+        raise DDSecError(f"--theta-every must be auto or a whole number (0: keep every θ_t), got {value!r}")
+    return int(value) or None
 
 
 def checkpoint_for(output: Path) -> Path:

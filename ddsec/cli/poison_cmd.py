@@ -15,6 +15,7 @@ from ddsec.cli.render import (
     loop_reporter,
     out,
     percent,
+    points,
     print_json,
     print_notes,
     progress_bar,
@@ -29,9 +30,11 @@ if TYPE_CHECKING:
 
 @user_errors
 def poison(
-    attack: int = typer.Option(P.attack, help="Class K whose images should be misclassified."),
-    target: int = typer.Option(P.target, help="Class T they should be predicted as."),
-    attack_weight: float = typer.Option(P.attack_weight, help="Weight of the relabelled class-K images in the outer loss (1: the paper's objective; higher trades accuracy on the other classes for attack success)."),
+    attack: Optional[int] = typer.Option(None, help=f"Class K whose images should be misclassified (default {P.attack})."),
+    target: Optional[int] = typer.Option(None, help=f"Class T they should be predicted as (default {P.target})."),
+    max_collateral: Optional[str] = typer.Option(None, help=f"The strongest attack whose collateral (drop in accuracy on the other classes, measured on training-population models) stays within this fraction (default {P.max_collateral}: 3 points); none: the paper's fixed objective."),
+    attack_weight: Optional[float] = typer.Option(None, help="The paper's fixed objective instead of a collateral budget, the relabelled class-K images weighing this much (1: the paper's; higher trades accuracy on the other classes for attack success)."),
+    pairs: Optional[str] = typer.Option(None, help="Sweep: one attack per class pair, all or a list such as 3:8,1:7; writes <out>-K-T.safetensors per pair, <out>.json and K×T heatmaps (resumable pair by pair)."),
     dataset: str = typer.Option(P.dataset, help="digits (embedded), mnist, usps, svhn, cifar10, voc, cub, imagefolder."),
     data_dir: Optional[str] = O.DATA_DIR,
     download: bool = O.DOWNLOAD,
@@ -55,11 +58,17 @@ def poison(
     distill_lr: float = typer.Option(P.distill_lr, help="Initial step size of the victim's step."),
     decay_every: Optional[int] = O.DECAY_EVERY,
     mode: str = O.MODE,
+    theta_every: Optional[str] = O.THETA_EVERY,
     learn_labels: bool = typer.Option(P.learn_labels, help="Also learn soft labels for the images (default: each image keeps its own class, as in the paper)."),
     pixels: str = typer.Option(P.pixels, help="valid: deliverable images, pixels in [0, 1] (default); free: the paper's unconstrained images."),
     quantize: str = typer.Option(P.quantize, help="8bit: crafting sees 8-bit rounding, and the batch is also written as lossless PNGs; none."),
     epsilon: Optional[str] = typer.Option(None, help="Clean-label: every image stays within this L∞ distance (pixel units, e.g. 8/255) of a real training image of its own class."),
     victims: list[str] = typer.Option([], help="Victim-aware crafting: a victim spec such as 'sgd mix=32' or 'sgd lr=0.01 steps=10' (repeatable, see `ddsec stress --help`); each outer iteration unrolls one, drawn at random."),
+    evade: Optional[str] = typer.Option(None, help="Adaptive attacker: keep the batch inside the clean data's"
+                                                   " distribution for these detectors' scores, comma-separated (loss,"
+                                                   " gradient-norm, gradient-alignment, spectral, activation-clustering,"
+                                                   " knn); see `ddsec detect`."),
+    evade_weight: float = typer.Option(P.evade_weight, help="Weight of the --evade penalty against the attack's loss."),
     image_init: str = typer.Option(P.image_init, help="Start from random real images of each class (real), noise,"
                                                      " per-class k-means centroids (kmeans) or class means (average)."),
     seed: int = O.SEED,
@@ -76,30 +85,51 @@ def poison(
     quiet: bool = O.QUIET,
 ) -> None:
     """Learn a few images whose ONE training step makes trained models predict class K as T."""
+    if pairs is not None and nproc > 1:
+        raise DDSecError("--pairs runs in one process: drop --nproc")
     relaunch(nproc)
     from ddsec.attacks import FLIP_KINDS, prepare_poison, run_poison
     from ddsec.cli.zoo_cmd import train_on_first_use
+    from ddsec.defences.evasion import parse_evade
     from ddsec.distill import resolve_device
 
     kinds = list(FLIP_KINDS) if "all" in baseline else baseline
     unknown = sorted(set(kinds) - set(FLIP_KINDS))
     if unknown:
         raise DDSecError(f"unknown --baseline {unknown[0]!r}; choose from {', '.join(FLIP_KINDS)} or all")
+    if pairs is not None and (attack is not None or target is not None or kinds):
+        raise DDSecError("--pairs sets the classes of every attack and runs no baselines: drop --attack, --target"
+                         " and --baseline")
+    attack, target = P.attack if attack is None else attack, P.target if target is None else target
+    max_collateral, attack_weight = _objective(max_collateral, attack_weight)
     iterations, budget, notes = O.iterations_or_budget(iterations, budget, P.iterations)
     cfg = P(
         budget=budget, decay_fraction=decay_fraction,
         dataset=dataset, data_dir=data_dir, download=download, model=model, steps=steps, epochs=epochs, ipc=ipc, init=init,
         weights=weights, population=population, heldout_population=heldout, eval_population=eval_population,
         zoo=zoo, n_models=n_models, iterations=iterations, batch_size=batch_size, lr=lr, lr_step_sizes=lr_step_sizes,
-        distill_lr=distill_lr, decay_every=decay_every, mode=mode, image_init=image_init, seed=seed, device=device,
-        eval_models=eval_models, attack=attack, target=target, attack_weight=attack_weight, learn_labels=learn_labels,
-        pixels=pixels, quantize=quantize, victims=tuple(victims), epsilon=None if epsilon is None else _fraction(epsilon, "--epsilon"),
+        distill_lr=distill_lr, decay_every=decay_every, mode=mode, theta_every=O.theta_every(theta_every),
+        image_init=image_init, seed=seed, device=device,
+        eval_models=eval_models, attack=attack, target=target, attack_weight=attack_weight,
+        max_collateral=max_collateral, learn_labels=learn_labels,
+        pixels=pixels, quantize=quantize, victims=tuple(victims), evade=parse_evade(evade), evade_weight=evade_weight,
+        epsilon=None if epsilon is None else _fraction(epsilon, "--epsilon"),
     )
+
+    def train_entry(name: str) -> None:
+        train_on_first_use(name, dataset=dataset, model=model, quiet=quiet, root=zoo, data_dir=data_dir,
+                           download=download, device=resolve_device(device))
+
+    if pairs is not None:
+        from ddsec.cli.pairs import sweep
+
+        stem = out_path or Path("distilled") / f"poison-{dataset}-{model}-pairs.safetensors"
+        sweep(cfg, pairs, stem, train_entry, resume=resume, force=force, checkpoint_seconds=checkpoint_seconds,
+              notes=notes, json_out=json_out, quiet=quiet)
+        return
     default = Path("distilled") / f"poison-{dataset}-{model}-{attack}to{target}.safetensors"
     output, checkpoint = O.output_paths(out_path, default, resume=resume, force=force)
-    job = prepare_poison(cfg, train_entry=lambda name: train_on_first_use(
-        name, dataset=dataset, model=model, quiet=quiet, root=zoo, data_dir=data_dir, download=download,
-        device=resolve_device(device)))
+    job = prepare_poison(cfg, train_entry=train_entry)
     print_notes(notes + job.notes)
     with progress_bar("poisoning", iterations or 1, quiet=quiet) as update:
         outcome = run_poison(job, checkpoint_path=checkpoint, resume=resume, checkpoint_seconds=checkpoint_seconds,
@@ -127,6 +157,7 @@ def poison(
         payload = {"output": str(output), "seconds": round(outcome.seconds, 3), "plan": plan,
                    "iterations": plan.get("iterations", iterations),
                    "attack": attack, "target": target, "eval": outcome.evaluation.summary(),
+                   "crafting": outcome.crafting,
                    "baselines": {k: r.summary() for k, r in baselines.items()}, "pixels": outcome.pixels,
                    "png": None if pngs is None else str(pngs)}
         if outcome.transfer is not None:
@@ -152,6 +183,33 @@ def _run_baselines(job: PoisonJob, outcome: PoisonOutcome, kinds: list[str], gri
     return results
 
 
+def _objective(max_collateral: str | None, attack_weight: float | None) -> tuple[float | None, float]:
+    """The config's ``(max_collateral, attack_weight)``: a collateral budget by default (``--max-collateral``),
+    the paper's fixed objective with ``--attack-weight W`` or ``--max-collateral none``."""
+    if attack_weight is not None and max_collateral not in (None, "none"):
+        raise DDSecError("pass either --max-collateral C (a budget the attack meets by itself, the default) or"
+                         " --attack-weight W (the paper's fixed objective), not both")
+    if attack_weight is not None or max_collateral == "none":
+        return None, P.attack_weight if attack_weight is None else attack_weight
+    if max_collateral is None:
+        return P.max_collateral, P.attack_weight
+    try:
+        return float(max_collateral), P.attack_weight
+    except ValueError:
+        raise DDSecError(f"--max-collateral must be a fraction such as 0.03 (3 points) or none, got {max_collateral!r}"
+                         ) from None
+
+
+def _objective_line(crafting: dict, attack_weight: float) -> str:
+    """The objective and what crafting measured on training-population models, in one line."""
+    measured = (f"training check: other classes {points(crafting['train_collateral'])} points, attack success"
+                f" {percent(crafting['train_asr'])}")
+    if crafting["max_collateral"] is None:
+        return f"the paper's, attack weight {attack_weight:g}; {measured}"
+    return (f"collateral ≤ {100 * crafting['max_collateral']:.1f} points; {measured}; λ {crafting['lambda']:.3g},"
+            f" batch of iteration {crafting['iteration']}")
+
+
 def _fraction(text: str, flag: str) -> float:
     """A number written as ``0.03`` or ``8/255``."""
     try:
@@ -175,6 +233,7 @@ def _summary_table(output: Path, cfg: P, job: PoisonJob, outcome: PoisonOutcome,
         ("batch", f"{outcome.distilled.steps} step(s) × {cfg.epochs} epoch(s) × {outcome.distilled.images_per_step}"
                   f" images, step sizes {' '.join(f'{v:.3g}' for v in outcome.distilled.lrs.tolist())}"),
         ("training population", str(job.base.cfg.population or cfg.weights)),
+        ("objective", _objective_line(outcome.crafting, cfg.attack_weight)),
         ("distillation time", f"{outcome.seconds:.1f} s"),
         (f"attack success, {s['models']} held-out models", f"{percent(s['asr_before'])} → {percent(s['asr_mean'], s['asr_std'])}"),
         ("accuracy on other classes", f"{percent(s['acc_other_before'])} → {percent(s['acc_other_after'])}"),

@@ -104,6 +104,11 @@ def percent(mean: float, std: float | None = None) -> str:
     return f"{100 * mean:.1f} %" if std is None else f"{100 * mean:.1f} ± {100 * std:.1f} %"
 
 
+def points(drop: float) -> str:
+    """An accuracy drop (a fraction) as a signed change in points: ``−2.5`` (a gain: ``+0.3``)."""
+    return f"{-100 * drop:+.1f}".replace("-", "−")
+
+
 def result_table(title: str, rows: list[tuple[str, str]]) -> Table:
     """A two-column table of labelled results."""
     table = Table(title=title, show_header=False, title_justify="left")

@@ -26,7 +26,7 @@ from ddsec.engine.init import INIT_SCHEMES, init_module_, init_tensors
 from ddsec.engine.inner import SGD, Adam, InnerOptimizer
 from ddsec.engine.metagrad import MODES, MetaGradient, meta_grad, meta_grads
 from ddsec.engine.objective import ClassificationObjective, Objective, RealBatches
-from ddsec.engine.outer import DistillResult, ImageConstraint, Progress, distill
+from ddsec.engine.outer import DistillResult, Dual, ImageConstraint, Progress, distill
 from ddsec.engine.schedule import InnerStep, replay, shift_images
 from ddsec.engine.population import (
     population_forward,
@@ -50,6 +50,7 @@ __all__ = [
     "CheckpointSchedule",
     "ClassificationObjective",
     "DistillResult",
+    "Dual",
     "FixedInit",
     "ImageConstraint",
     "InitDistribution",

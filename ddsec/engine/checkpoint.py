@@ -1,8 +1,9 @@
 """Atomic, resumable checkpoints of the outer loop (safetensors, no pickle).
 
 A checkpoint holds everything the outer loop needs to continue exactly where it stopped: the
-synthetic set, the Adam moments, the random generator's state, the iteration, the loss history
-and a fingerprint of the run's settings, so that resuming with other settings is refused.
+synthetic set, the Adam moments, the random generator's state, the iteration, the loss history,
+the state of a front end's dual player (e.g. a Lagrange multiplier) if it has one, and a
+fingerprint of the run's settings, so that resuming with other settings is refused.
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ class LoopState:
         fingerprint: JSON-able settings that must match on resume.
         plan: what a time-budgeted run chose (``iterations``, ``decay_every``,
             ``seconds_per_iteration``); a resumed run keeps it instead of measuring again.
+        dual: the dual player's tensors by name (see :class:`ddsec.engine.outer.Dual`); empty without one.
     """
 
     synthetic: SyntheticSet
@@ -91,6 +93,7 @@ class LoopState:
     lr_scale: float
     fingerprint: dict
     plan: dict = field(default_factory=dict)
+    dual: dict[str, Tensor] = field(default_factory=dict)
 
 
 def save_checkpoint(path: str | Path, state: LoopState) -> Path:
@@ -105,6 +108,7 @@ def save_checkpoint(path: str | Path, state: LoopState) -> Path:
         "generator_state": state.generator_state.cpu().contiguous(),
         "losses": state.losses.detach().cpu().float().contiguous(),
         **{f"adam.{k}": v.detach().cpu().contiguous() for k, v in state.adam.items()},
+        **{f"dual.{k}": v.detach().cpu().contiguous() for k, v in state.dual.items()},
     }
     metadata = {
         "format": CHECKPOINT_FORMAT,
@@ -149,6 +153,7 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Loo
             lr_scale=float(metadata["lr_scale"]),
             fingerprint=json.loads(metadata["fingerprint"]),
             plan=json.loads(metadata.get("plan", "{}")),
+            dual={k.removeprefix("dual."): v for k, v in tensors.items() if k.startswith("dual.")},
         )
     except DDSecError:
         raise

@@ -20,7 +20,9 @@ For the paper's plain SGD step ``θ_{t+1} = θ_t − η_t G_t`` this is ``Ḡ = 
 ``∂L/∂η_t = −G_t·θ̄`` and ``∂L/∂θ_t = θ̄ − η_t H_t θ̄``; momentum, weight decay and Adam need
 nothing more than their ``update``. Memory is ``O(T·(|θ| + |s|))`` plus one step's graph. With
 ``keep_graphs=True`` the step graphs are kept from the forward pass instead of rebuilt (faster,
-``O(T·activations)`` memory).
+``O(T·activations)`` memory). With ``theta_every=k`` only every ``k``-th ``(θ_t, s_t)`` is kept
+and each segment's forward is recomputed on the way back (:mod:`ddsec.engine.segments`): memory
+``O((T/k + k)·(|θ| + |s|))``, ``O(√T·(|θ| + |s|))`` for ``k = ⌈√T⌉``, the same gradients.
 
 ``autograd``, the reference: plain double-backward through the whole unroll.
 
@@ -41,6 +43,7 @@ from torch import Tensor, nn
 
 from ddsec.engine.population import Params, is_stacked, population_forward, population_size
 from ddsec.engine.schedule import InnerStep, replay
+from ddsec.engine.segments import ThetaTape, segment_length
 from ddsec.engine.synthetic import SyntheticSet
 from ddsec.engine.inner import SGD, InnerOptimizer
 from ddsec.engine.unroll import Forward, expand_targets, inner_grad, leaves
@@ -143,6 +146,24 @@ def _step_batch(
     return leaf, label_leaf, x, y
 
 
+class StepGraph(NamedTuple):
+    """One inner step's loss gradient ``G_t`` at ``θ_t``, as the back pass reads it."""
+
+    theta: Params  # θ_t as autograd leaves, [M, …] tensors
+    image_leaf: Tensor | None  # the step's synthetic images [N, C, H, W] (None: a clean step)
+    label_leaf: Tensor | None  # their label logits [N, K] when learned
+    grads: tuple[Tensor, ...]  # G_t, shaped like θ_t; with its graph when built for the back pass
+
+
+def _outer_adjoint(forward: Forward, names: list[str], theta: tuple[Tensor, ...], x_real: Tensor, y_real: Tensor,
+                   loss_fn: LossFn) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """``(L, ∂L/∂θ_T)``: the outer loss (detached) at ``θ_T`` and its gradient."""
+    theta_T = leaves(dict(zip(names, theta)))
+    with torch.enable_grad():
+        loss = _outer_loss(forward, theta_T, x_real, y_real, loss_fn)
+        return loss.detach(), torch.autograd.grad(loss, list(theta_T.values()))
+
+
 def _hvp(
     forward: Forward,
     theta0: Params,
@@ -151,6 +172,7 @@ def _hvp(
     y_real: Tensor,
     loss_fn: LossFn,
     keep_graphs: bool,
+    every: int | None,
     optimizer: InnerOptimizer,
     plan: list[InnerStep],
 ) -> MetaGradient:
@@ -158,57 +180,52 @@ def _hvp(
     images = synthetic.images.detach()
     names = list(theta0)
 
-    # Forward: θ_0 … θ_T and the optimizer states s_0 = () … s_T, plus (θ_t leaf, x̃ leaf,
-    # label leaf, G_t with graph) when keeping graphs.
-    thetas: list[tuple[Tensor, ...]] = [_detached(tuple(theta0.values()))]
-    states: list[tuple[Tensor, ...]] = [()]
-    kept: list[tuple[Params, Tensor | None, Tensor | None, tuple[Tensor, ...]]] = []
-    for t, step in enumerate(plan):
-        theta = leaves(dict(zip(names, thetas[-1])))
-        leaf, label_leaf, x, y = _step_batch(synthetic, images, step, keep_graphs)
-        grads = inner_grad(forward, theta, x, y, create_graph=keep_graphs)
-        if keep_graphs:
-            kept.append((theta, leaf, label_leaf, grads))
-        new_theta, new_state = optimizer.update(thetas[-1], states[-1], _detached(grads), step.hypers(learned), t)
-        thetas.append(_detached(new_theta))
-        states.append(_detached(new_state))
+    def gradient(t: int, theta: tuple[Tensor, ...], graph: bool) -> StepGraph:
+        """``G_t`` at ``θ_t``, with its graph and the image and label leaves when ``graph``."""
+        params = leaves(dict(zip(names, theta)))
+        leaf, label_leaf, x, y = _step_batch(synthetic, images, plan[t], graph)
+        return StepGraph(params, leaf, label_leaf, inner_grad(forward, params, x, y, create_graph=graph))
 
-    theta_T = leaves(dict(zip(names, thetas[-1])))
-    with torch.enable_grad():
-        loss = _outer_loss(forward, theta_T, x_real, y_real, loss_fn)
-        theta_adjoint = torch.autograd.grad(loss, list(theta_T.values()))
-    state_adjoint = tuple(torch.zeros_like(v) for v in states[-1])  # L does not read the final state
+    def advance(t: int, theta: tuple[Tensor, ...], state: tuple[Tensor, ...],
+                graph: bool) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...], StepGraph | None]:
+        """``(θ_{t+1}, s_{t+1}, step t's graph if graph else None)``, detached."""
+        g = gradient(t, theta, graph)
+        new_theta, new_state = optimizer.update(theta, state, _detached(g.grads), plan[t].hypers(learned), t)
+        return _detached(new_theta), _detached(new_state), g if graph else None
+
+    # Forward: θ_0 … θ_T and the optimizer states s_0 = () … s_T, all or every k-th (see
+    # ddsec.engine.segments), and the step graphs when keeping them.
+    tape = ThetaTape(advance, len(plan), every, keep_graphs)
+    theta, state = tape.unroll(_detached(tuple(theta0.values())))
+    loss, theta_adjoint = _outer_adjoint(forward, names, theta, x_real, y_real, loss_fn)
+    state_adjoint = tuple(torch.zeros_like(v) for v in state)  # L does not read the final state
 
     images_grad = torch.zeros_like(images)
     hyper_grads = {k: torch.zeros_like(v) for k, v in learned.items()}
     labels_grad = None if synthetic.label_logits is None else torch.zeros_like(synthetic.label_logits.detach())
     for t in reversed(range(len(plan))):
         step = plan[t]
-        if keep_graphs:
-            theta, leaf, label_leaf, grads = kept.pop()
-        else:
-            theta = leaves(dict(zip(names, thetas[t])))
-            leaf, label_leaf, x, y = _step_batch(synthetic, images, step, True)
-            grads = inner_grad(forward, theta, x, y, create_graph=True)
+        theta, state, g = tape.pop(t)
+        g = gradient(t, theta, True) if g is None else g
         through_update, state_adjoint, grads_adjoint, step_hypers = _update_adjoint(
-            optimizer, thetas[t], states[t], _detached(grads), step.hypers(learned), t,
+            optimizer, theta, state, _detached(g.grads), step.hypers(learned), t,
             (*theta_adjoint, *state_adjoint))
         if step.lr_index is not None:
             for name, value in step_hypers.items():
                 hyper_grads[name][step.lr_index] += value * (step.lr_scale if name == "lr" else 1.0)
         # one call: the Hessian-vector product H_t·Ḡ and the mixed terms for the images and labels
-        extra = [v for v in (leaf, label_leaf) if v is not None]
-        mixed = torch.autograd.grad(grads, [*theta.values(), *extra], grad_outputs=grads_adjoint, materialize_grads=True)
-        if leaf is not None:
+        extra = [v for v in (g.image_leaf, g.label_leaf) if v is not None]
+        mixed = torch.autograd.grad(g.grads, [*g.theta.values(), *extra], grad_outputs=grads_adjoint,
+                                    materialize_grads=True)
+        if g.image_leaf is not None:
             images_grad[step.slot] += mixed[len(names)]
-        if label_leaf is not None:
+        if g.label_leaf is not None:
             labels_grad[step.slot] += mixed[-1]
         theta_adjoint = tuple(a + h for a, h in zip(through_update, mixed[: len(names)]))
-        thetas[t + 1], states[t + 1] = (), ()  # free θ_{t+1} and s_{t+1} as soon as they are no longer needed
     raw_grad = hyper_grads["lr"] * torch.sigmoid(synthetic.raw_lrs.detach())
     momenta = learned.get("momentum")
     raw_mu_grad = None if momenta is None else hyper_grads["momentum"] * momenta * (1 - momenta)
-    return MetaGradient(loss.detach(), images_grad, raw_grad, labels_grad, raw_mu_grad)
+    return MetaGradient(loss, images_grad, raw_grad, labels_grad, raw_mu_grad)
 
 
 def _autograd(
@@ -255,6 +272,7 @@ def meta_grads(
     *,
     mode: str = "hvp",
     keep_graphs: bool = False,
+    theta_every: int | str | None = None,
     batching: str = "auto",
     loss_fn: LossFn = F.cross_entropy,
     optimizer: InnerOptimizer = SGD(),
@@ -274,7 +292,11 @@ def meta_grads(
         y_real: targets for ``loss_fn``, e.g. int64 ``[B]``.
         mode: ``"hvp"`` (back-gradient pass) or ``"autograd"`` (reference).
         keep_graphs: ``hvp`` only: keep each step's graph from the forward pass instead of
-            recomputing it (faster, more memory).
+            recomputing it (faster, more memory); with ``theta_every``, the current segment's only.
+        theta_every: ``hvp`` only: keep every ``k``-th ``θ_t`` (and optimizer state) instead of all,
+            and recompute each segment's forward on the way back (:mod:`ddsec.engine.segments`):
+            memory ``O(√T·|θ|)`` for ``k ≈ √T``, the same gradients. ``None`` (or 1): keep every
+            ``θ_t``; ``"auto"``: ``k = ⌈√T⌉``; an int: that ``k``.
         batching: ``"auto"``, ``"vmap"`` or ``"loop"`` over a population's models.
         loss_fn: outer loss on ``(logits [B', K], targets [B'])`` returning the batch mean.
         optimizer: the inner update rule (:mod:`ddsec.engine.inner`; default SGD with the set's
@@ -293,6 +315,8 @@ def meta_grads(
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if keep_graphs and mode != "hvp":
         raise ValueError("keep_graphs applies to mode='hvp' only")
+    if theta_every is not None and mode != "hvp":
+        raise ValueError("theta_every applies to mode='hvp' only")
     _check_inputs(model, synthetic, x_real)
     names = [name for name, _ in model.named_parameters()]
     theta0 = {k: params[k] for k in names} if is_stacked(model, params) else {
@@ -303,7 +327,8 @@ def meta_grads(
     forward = population_forward(model, batching)
     plan = replay(synthetic.steps, synthetic.total_steps) if plan is None else plan
     if mode == "hvp":
-        return _hvp(forward, theta0, synthetic, x_real, y_real, loss_fn, keep_graphs, optimizer, plan)
+        every = segment_length(theta_every, len(plan))
+        return _hvp(forward, theta0, synthetic, x_real, y_real, loss_fn, keep_graphs, every, optimizer, plan)
     return _autograd(forward, theta0, synthetic, x_real, y_real, loss_fn, optimizer, plan)
 
 
@@ -317,7 +342,7 @@ def meta_grad(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(loss, images_grad, raw_lrs_grad)``: :func:`meta_grads` without the labels' gradient.
 
-    Args and keywords as :func:`meta_grads` (``mode``, ``keep_graphs``, ``batching``, ``loss_fn``).
+    Args and keywords as :func:`meta_grads` (``mode``, ``keep_graphs``, ``theta_every``, ``batching``, ``loss_fn``).
 
     Returns:
         The scalar outer loss (averaged over models), ``images_grad`` shaped like

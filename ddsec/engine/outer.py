@@ -10,7 +10,9 @@ The loop reports through a callback (it never prints), checkpoints atomically ev
 or stopped), resumes exactly from a checkpoint (a missing one is an error, never a silent fresh
 start), and refuses to write NaN/inf: a non-finite loss or gradient either stops the run
 with a clear error, the last good state saved, or backs off (skips the update and halves the
-learning rate, at most ``max_backoffs`` times in a row).
+learning rate, at most ``max_backoffs`` times in a row). A constrained objective brings a dual
+player (:class:`Dual`, e.g. a Lagrange multiplier): the loop lets it update before every
+iteration and checkpoints its state with the rest.
 
 Under ``torchrun`` (see :mod:`ddsec.engine.distributed`) each process samples its own models and
 batches, from a generator seeded per ``(iteration, rank)``; the loss and meta-gradients are
@@ -41,6 +43,7 @@ from ddsec.engine.distributed import PeerLostError, all_reduce_mean, broadcast_,
 from ddsec.engine.inner import SGD, InnerOptimizer
 from ddsec.engine.metagrad import meta_grads
 from ddsec.engine.objective import Objective
+from ddsec.engine.population import Params
 from ddsec.engine.schedule import InnerStep
 from ddsec.engine.synthetic import SyntheticSet
 from ddsec.errors import DDSecError, NonFiniteError
@@ -62,6 +65,30 @@ class ImageConstraint(Protocol):
 
     def deliver(self, images: Tensor) -> Tensor:
         """The images a victim receives (e.g. rounded to 8-bit levels), ``[S, N, C, H, W]``."""
+        ...
+
+
+class Dual(Protocol):
+    """The dual player of a constrained objective (e.g. a Lagrange multiplier that grows while a
+    constraint is violated and that the objective reads when it builds its targets).
+
+    Before every outer iteration the loop calls :meth:`update`, on rank 0 only in a distributed
+    run, whose state then replaces every other rank's; checkpoints hold :meth:`state_dict`, so a
+    resumed run continues exactly. A back-off or a resume calls it again with the same
+    ``iteration``: the player must then change nothing (it keeps where it last updated in its state).
+    """
+
+    def update(self, iteration: int, synthetic: SyntheticSet) -> None:
+        """Adjust the state after ``iteration`` completed iterations; ``synthetic`` is the set as
+        delivered (live tensors: copy before keeping)."""
+        ...
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The state by name: fixed names and shapes, on the images' device."""
+        ...
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Take ``state`` (from :meth:`state_dict` or a checkpoint)."""
         ...
 
 
@@ -139,10 +166,13 @@ def distill(
     decay_factor: float = 0.5,
     mode: str = "hvp",
     keep_graphs: bool = False,
+    theta_every: int | str | None = None,
     batching: str = "auto",
     inner_optimizer: InnerOptimizer = SGD(),
     constraint: ImageConstraint | None = None,
     sample_inner: Callable[[torch.Generator], tuple[InnerOptimizer, list[InnerStep]]] | None = None,
+    dual: Dual | None = None,
+    penalty: Callable[[Params, Tensor, Tensor], Tensor] | None = None,
     replan: Callable[[float], tuple[int, int | None]] | None = None,
     probe: int = 3,
     seed: int = 0,
@@ -172,13 +202,19 @@ def distill(
         betas: Adam betas; the paper uses (0.5, 0.999).
         decay_every: multiply every learning rate by ``decay_factor`` every this many iterations.
         decay_factor: see ``decay_every``.
-        mode, keep_graphs, batching: passed to :func:`ddsec.engine.meta_grads`.
+        mode, keep_graphs, theta_every, batching: passed to :func:`ddsec.engine.meta_grads`
+            (``theta_every`` changes memory and time, never the gradients: leave it out of
+            ``fingerprint``, so a resumed run may change it).
         inner_optimizer: the inner update rule, passed to :func:`ddsec.engine.meta_grads` as its
             ``optimizer`` (default: the paper's SGD with the learned step sizes).
         constraint: keeps the images deliverable (see :class:`ImageConstraint`); ``None``: free.
         sample_inner: draws each iteration's inner optimizer and step plan (e.g. one victim of a
             distribution, MetaPoison style) from the run's generator; replaces ``inner_optimizer``
             and the default replay of the set.
+        dual: the objective's dual player (see :class:`Dual`); ``None``: an unconstrained objective.
+        penalty: a differentiable term ``penalty(θ0 [M, …], images [S, N, C, H, W], labels)`` on the
+            sampled initial weights and the delivered images (e.g. an adaptive attacker's detection
+            penalty), added to the outer loss and its image gradient.
         replan: for a time budget: called once with the measured seconds per iteration (the
             mean of ``probe`` iterations after the first) and returning ``(iterations,
             decay_every)``, which replace the given ones; kept in checkpoints, so a resumed run
@@ -255,6 +291,8 @@ def distill(
                 if new is not None:
                     new.copy_(old)
         _load_adam_state(optimizer, state.adam, names)
+        if dual is not None:
+            dual.load_state_dict(state.dual)
         generator.set_state(state.generator_state)
         losses = state.losses.tolist()
         lr_scale, start = state.lr_scale, state.iteration
@@ -271,7 +309,8 @@ def distill(
 
     def snapshot(iteration: int) -> LoopState:
         return LoopState(current, _adam_state(optimizer, names), generator.get_state(), iteration,
-                         torch.tensor(losses, dtype=torch.float32), lr_scale, fingerprint, plan)
+                         torch.tensor(losses, dtype=torch.float32), lr_scale, fingerprint, plan,
+                         {} if dual is None else dual.state_dict())
 
     here = world()
     if here.size > 1:
@@ -293,6 +332,13 @@ def distill(
                              planned()))
     try:
         while iteration < iterations:
+            if dual is not None:
+                if here.is_main:
+                    dual.update(iteration, delivered())
+                if here.size > 1:
+                    shared = dual.state_dict()
+                    broadcast_([shared[name] for name in sorted(shared)])
+                    dual.load_state_dict(shared)
             decay = decay_factor ** (iteration // decay_every) if decay_every else 1.0
             for group, base in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = base * decay * lr_scale
@@ -302,10 +348,15 @@ def distill(
             params = objective.init.sample(n_models, generator)
             inner, inner_plan = (inner_optimizer, None) if sample_inner is None else sample_inner(generator)
             loss, images_grad, raw_grad, *learned_grads = meta_grads(
-                model, params, delivered(), x_real, y_real, mode=mode, keep_graphs=keep_graphs,
+                model, params, delivered(), x_real, y_real, mode=mode, keep_graphs=keep_graphs, theta_every=theta_every,
                 batching=batching, loss_fn=objective.outer_loss, optimizer=inner, plan=inner_plan,
             )
             learned_grads = [grad for grad in learned_grads if grad is not None]  # in the order of `learned`
+            if penalty is not None:
+                shown = delivered()
+                at = shown.images.detach().requires_grad_(True)
+                extra = penalty(params, at, shown.labels.detach())
+                loss, images_grad = loss + extra.detach(), images_grad + torch.autograd.grad(extra, at)[0]
             if here.size > 1:
                 loss, images_grad, raw_grad, *learned_grads = all_reduce_mean(
                     [loss.reshape(1), images_grad, raw_grad, *learned_grads])

@@ -76,13 +76,8 @@ def test_victim_plans_follow_their_spec():
 
 
 @pytest.fixture(scope="module")
-def attack(digits_mlp_zoo):
-    """A tiny 3 → 8 batch learned over 6 digits MLPs, judged on 3 held-out ones."""
-    root = digits_mlp_zoo
-    cfg = PoisonConfig(model="mlp", zoo=str(root), n_models=4, iterations=40, lr=0.03, distill_lr=0.05,
-                       batch_size=128, eval_models=3, device="cpu")
-    job = prepare_poison(cfg)
-    return root, job, run_poison(job)
+def attack(digits_mlp_attack):
+    return digits_mlp_attack
 
 
 def test_paper_victim_is_the_attack_s_own_evaluation_and_mixing_dilutes_it(attack):

@@ -94,6 +94,9 @@ def test_learned_momentum_is_exported_shown_and_replayed(tmp_path):
         (["distill", "--eval-every", "-5"], "--eval-every must be 0 (never) or positive"),
         (["distill", "--momentum", "1"], "--momentum must lie in [0, 1)"),
         (["distill", "--method", "dc", "--momentum", "0.5"], "--momentum"),
+        (["distill", "--theta-every", "often"], "--theta-every must be auto or a whole number"),
+        (["distill", "--mode", "autograd", "--theta-every", "2"], "--theta-every applies to --mode hvp only"),
+        (["poison", "--theta-every", "-1"], "--theta-every must be auto or a whole number"),
     ],
 )
 def test_user_errors_are_one_line_exit_1(args, message):

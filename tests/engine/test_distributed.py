@@ -73,7 +73,7 @@ def start_set() -> SyntheticSet:
 
 
 def run_distill(population: Path, *, n_models: int, iterations: int, checkpoint: Path | None = None,
-                resume: bool = False, objective_wrapper=None) -> SyntheticSet:
+                resume: bool = False, objective_wrapper=None, dual=None) -> SyntheticSet:
     """Distil over this process's share of ``population``; every real batch is the whole data set."""
     here = world()
     x, y = blobs()
@@ -82,7 +82,7 @@ def run_distill(population: Path, *, n_models: int, iterations: int, checkpoint:
     if objective_wrapper is not None:
         objective = objective_wrapper(objective)
     result = distill(objective, start_set(), iterations=iterations, n_models=n_models, lr=0.05, seed=1,
-                     checkpoint_path=checkpoint, checkpoint_every=1, resume=resume)
+                     checkpoint_path=checkpoint, checkpoint_every=1, resume=resume, dual=dual)
     return result.synthetic
 
 
@@ -114,6 +114,30 @@ class DiesOnRankOne:
         return self.inner.outer_loss(logits, targets)
 
 
+class RankDual:
+    """A dual player whose update records its rank and iteration: every rank must end with rank 0's state."""
+
+    def __init__(self) -> None:
+        self.state = {"value": torch.zeros((), dtype=torch.float64)}
+
+    def update(self, iteration: int, synthetic: SyntheticSet) -> None:
+        self.state["value"].fill_(100 * world().rank + iteration + 1)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.state
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.state["value"].copy_(state["value"])
+
+
+def worker_dual(rank: int, store: Path, population: Path, out: Path) -> None:
+    join(rank, 2, store)
+    dual = RankDual()
+    run_distill(population, n_models=1, iterations=3, dual=dual)
+    (out / f"dual{rank}.txt").write_text(str(float(dual.state["value"])))
+    dist.destroy_process_group()
+
+
 def worker_dies(rank: int, store: Path, population: Path, out: Path) -> None:
     join(rank, 2, store)
     try:
@@ -143,6 +167,12 @@ def test_two_processes_equal_one_process_seeing_the_union(tmp_path, monkeypatch)
         torch.testing.assert_close(ranks[0][name], ranks[1][name], rtol=0, atol=0)  # ranks stay in lockstep
         torch.testing.assert_close(ranks[0][name], getattr(single, name), rtol=1e-9, atol=1e-12)
     assert not torch.equal(ranks[0]["images"], start_set().images)
+
+
+def test_the_dual_player_updates_on_rank_zero_and_every_rank_takes_its_state(tmp_path, monkeypatch):
+    population = write_population(tmp_path / "pop")
+    assert spawn(monkeypatch, worker_dual, tmp_path / "store", population, tmp_path) == [0, 0]
+    assert [float((tmp_path / f"dual{rank}.txt").read_text()) for rank in range(2)] == [3.0, 3.0]
 
 
 def test_a_dead_rank_ends_the_run_with_a_clear_error_and_a_resumable_checkpoint(tmp_path, monkeypatch):

@@ -1,0 +1,191 @@
+"""Collateral as a constraint: the strongest K→T batch whose damage to the other classes stays in budget.
+
+The paper's objective (Wang et al., arXiv 1811.10959, §3.4) weighs every real image the same, and
+a fixed ``--attack-weight`` trades attack success for accuracy on the other classes at a rate that
+differs from one class pair to the next. Here the trade is a constraint instead: maximise the
+attack subject to *collateral* ≤ ``C``, collateral being the drop in accuracy on the classes other
+than ``K`` after the victim's step.
+
+It is played as a two-player game, the proxy-Lagrangian of Cotter, Jiang and Sridharan ("Two-player
+games for efficient non-convex constrained optimization", ALT 2019):
+
+- the primal player, the outer loop's Adam on the images and step sizes, descends on the
+  differentiable Lagrangian ``(L_K + λ·L_other) / (1 + λ)``: ``L_K`` is the cross-entropy of the real
+  batch's class-``K`` images against ``T``, ``L_other`` that of its other images against their own
+  labels, both summed over the batch and divided by its size. So ``λ = 1`` is the paper's objective
+  and ``λ = 1/W`` the fixed ``--attack-weight W`` one, up to scale; dividing by ``1 + λ`` keeps the
+  loss's scale bounded while ``λ`` moves (Adam's moment estimates adapt slowly to a new scale);
+- the dual player measures the constraint as it is stated (accuracy, not its cross-entropy proxy)
+  every ``CHECK_EVERY`` iterations with a :class:`TrainingCheck`: a few training-population models
+  on a fixed subset of training images (the held-out models are for evaluation only). It then
+  takes a multiplicative (exponentiated-gradient) ascent step on ``λ``::
+
+      log λ ← clip(log λ + η · clip((c − C) / C, −1, 1), log λ_min, log λ_max)
+
+  Multiplicative, so ``λ`` stays positive and moves as readily from 0.01 to 0.02 as from 10 to 20;
+  the violation is relative to the budget, so ``η`` needs no rescaling with ``C``; it is clipped,
+  so one measurement moves ``λ`` by a factor ``e^η`` at most. ``λ`` starts at 1, the paper's
+  objective: while the batch stays within budget the attack weighs more and more.
+
+Primal-dual iterates circle the constraint, so the last one may lie slightly over it. The player
+keeps the strongest iterate it measured within budget (highest attack success on the check), and
+:meth:`CollateralBudget.choose` returns it unless the final set is at least as strong and within
+budget too; when no measured iterate was within budget, the final set is returned, and its
+measured collateral says so.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ddsec.attacks.metrics import evaluate_attack, relabel
+from ddsec.data import ImageDataset
+from ddsec.engine import InitDistribution, SyntheticSet
+
+CHECK_EVERY = 10
+"""Outer iterations between two measurements of the dual player."""
+CHECK_MODELS = 4
+"""Training-population models in a measurement (the same ones every time)."""
+CHECK_IMAGES = 2000
+"""Training images in a measurement (a fixed random subset)."""
+DUAL_STEP = 0.3
+"""``η``: one measurement moves ``λ`` by a factor ``e^0.3 ≈ 1.35`` at most."""
+LAMBDA_RANGE = (1e-3, 1e3)
+"""Bounds of ``λ``: from 1000 times the paper's weight on the attacked class to 1/1000 of it."""
+LEARNED = ("images", "raw_lrs", "label_logits", "raw_momenta")
+"""The tensors of a :class:`SyntheticSet` the outer loop learns (the last two only when present)."""
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """A set's attack success (class-``K`` images predicted ``T``) and collateral (drop in accuracy
+    on the other classes), fractions averaged over a check's models."""
+
+    asr: float
+    collateral: float
+
+
+class TrainingCheck:
+    """Attack success and collateral on a few training-population models and a fixed subset of
+    training images: what an attacker can measure while crafting.
+
+    Args:
+        model: the architecture, in eval mode.
+        init: the *training* ``p(θ0)`` (never the held-out population).
+        train: the training split; ``images`` of it, drawn once with ``seed``, are used.
+        attack, target: ``K`` and ``T``.
+        seed: seeds the subset and the models' draw (the same models every call).
+        models: models per measurement (at most the population's size).
+        images: training images per measurement (at most the split's size).
+    """
+
+    def __init__(self, model: nn.Module, init: InitDistribution, train: ImageDataset, *, attack: int, target: int,
+                 seed: int, models: int = CHECK_MODELS, images: int = CHECK_IMAGES) -> None:
+        self.model, self.init, self.attack, self.target = model, init, attack, target
+        self.seed, self.models = seed, models
+        self.data = train.subset(torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:images])
+
+    def __call__(self, synthetic: SyntheticSet) -> Measurement:
+        result = evaluate_attack(self.model, self.init, synthetic, self.data, attack=self.attack, target=self.target,
+                                 n_models=self.models, seed=self.seed)
+        collateral = result.before.acc_other - result.after.acc_other
+        return Measurement(float(result.after.asr.mean()), float(collateral.mean()))
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The set a constrained run delivers, its measurement and how many outer iterations made it."""
+
+    synthetic: SyntheticSet
+    measurement: Measurement
+    iteration: int
+
+
+class CollateralBudget:
+    """The dual player of the constrained attack (a :class:`ddsec.engine.Dual`): the multiplier ``λ``
+    and the strongest iterate measured within budget; its :meth:`targets` are the outer loss's.
+
+    Args:
+        check: measures a set's attack success and collateral.
+        budget: ``C``, the largest collateral allowed (a fraction in (0, 1)).
+        start: the starting set (the shapes and device of the kept iterate).
+        num_classes: ``K``, the number of classes.
+        attack, target: the attacked class and the one it should be predicted as.
+    """
+
+    def __init__(self, check: TrainingCheck, budget: float, start: SyntheticSet, *, num_classes: int, attack: int,
+                 target: int) -> None:
+        if not 0 < budget < 1:
+            raise ValueError(f"a collateral budget is a fraction in (0, 1), got {budget}")
+        self.check, self.budget, self.num_classes, self.attack, self.target = check, budget, num_classes, attack, target
+        device = start.images.device
+
+        def scalar(value: float, dtype: torch.dtype = torch.float64) -> Tensor:
+            return torch.tensor(value, dtype=dtype, device=device)
+
+        self.state = {"log_lambda": scalar(0.0), "updated_at": scalar(0, torch.int64), "best_asr": scalar(-1.0),
+                      "best_collateral": scalar(math.nan), "best_iteration": scalar(0, torch.int64)}
+        self.state |= {f"best.{name}": tensor.detach().clone() for name, tensor in _learned(start).items()}
+
+    @property
+    def lam(self) -> float:
+        """The current multiplier ``λ`` on the other classes' loss."""
+        return math.exp(float(self.state["log_lambda"]))
+
+    def targets(self, labels: Tensor) -> Tensor:
+        """The outer loss's targets for true labels int64 ``[B]``: float ``[B, K]``, one-hot of the
+        ``K → T`` relabelled classes, the rows of class-``K`` images weighing ``1/(1+λ)``, the others
+        ``λ/(1+λ)`` (cross-entropy against them is the Lagrangian above)."""
+        lam = self.lam
+        weight = torch.where(labels == self.attack, 1.0, lam).unsqueeze(-1) / (1 + lam)
+        return F.one_hot(relabel(labels, self.attack, self.target), self.num_classes).float() * weight
+
+    def update(self, iteration: int, synthetic: SyntheticSet) -> None:
+        """Every ``CHECK_EVERY`` iterations (once each), measure ``synthetic``, move ``λ`` by the
+        dual step and keep the set if it is the strongest within budget so far."""
+        if iteration == 0 or iteration % CHECK_EVERY or iteration == int(self.state["updated_at"]):
+            return
+        measured = self.check(synthetic)
+        violation = min(1.0, max(-1.0, (measured.collateral - self.budget) / self.budget))
+        low, high = (math.log(bound) for bound in LAMBDA_RANGE)
+        log_lambda = min(high, max(low, float(self.state["log_lambda"]) + DUAL_STEP * violation))
+        if measured.collateral <= self.budget and measured.asr > float(self.state["best_asr"]):
+            for name, tensor in _learned(synthetic).items():
+                self.state[f"best.{name}"].copy_(tensor.detach())
+            self.state["best_asr"].fill_(measured.asr)
+            self.state["best_collateral"].fill_(measured.collateral)
+            self.state["best_iteration"].fill_(iteration)
+        self.state["log_lambda"].fill_(log_lambda)
+        self.state["updated_at"].fill_(iteration)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """``λ`` (as ``log_lambda``), where it last updated, and the kept iterate with its measurement."""
+        return self.state
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Take the tensors of :meth:`state_dict` (from a checkpoint or rank 0)."""
+        for name, tensor in self.state.items():
+            tensor.copy_(state[name])
+
+    def choose(self, final: SyntheticSet, iterations: int) -> Choice:
+        """The set to deliver after ``iterations`` outer iterations ending in ``final``: the strongest
+        measured within budget, ``final`` included (``final`` when none was)."""
+        measured = self.check(final)
+        best_asr = float(self.state["best_asr"])
+        if best_asr < 0 or (measured.collateral <= self.budget and measured.asr >= best_asr):
+            return Choice(final, measured, iterations)
+        kept = {name: self.state.get(f"best.{name}") for name in LEARNED}
+        synthetic = SyntheticSet(kept["images"].clone(), final.labels, kept["raw_lrs"].clone(), final.epochs,
+                                 *(None if kept[name] is None else kept[name].clone() for name in LEARNED[2:]))
+        return Choice(synthetic, Measurement(best_asr, float(self.state["best_collateral"])),
+                      int(self.state["best_iteration"]))
+
+
+def _learned(synthetic: SyntheticSet) -> dict[str, Tensor]:
+    """The learned tensors of ``synthetic`` by name (see ``LEARNED``)."""
+    return {name: getattr(synthetic, name) for name in LEARNED if getattr(synthetic, name) is not None}

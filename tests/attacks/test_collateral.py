@@ -1,0 +1,118 @@
+"""The collateral budget: the dual step on λ, the kept iterate, exact resume, and a tiny attack that
+stays within its budget where a large fixed weight does not."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ddsec.attacks import CollateralBudget, Measurement, PoisonConfig, prepare_poison, run_poison
+from ddsec.attacks.collateral import CHECK_EVERY, DUAL_STEP, LAMBDA_RANGE
+from ddsec.engine import SyntheticSet
+from ddsec.errors import DDSecError
+
+
+@pytest.fixture
+def zoo(digits_mlp_zoo):
+    return digits_mlp_zoo
+
+
+def config(zoo, **kwargs) -> PoisonConfig:
+    settings = dict(model="mlp", zoo=str(zoo), n_models=4, iterations=60, lr=0.03, distill_lr=0.05,
+                    batch_size=128, eval_models=3, device="cpu")
+    return PoisonConfig(**(settings | kwargs))
+
+
+class Scripted:
+    """A check that returns the given measurements in turn."""
+
+    def __init__(self, *measurements: tuple[float, float]) -> None:
+        self.left = [Measurement(*m) for m in measurements]
+
+    def __call__(self, synthetic: SyntheticSet) -> Measurement:
+        return self.left.pop(0)
+
+
+def tiny_set(value: float) -> SyntheticSet:
+    return SyntheticSet(torch.full((1, 2, 1, 2, 2), value), torch.tensor([[0, 1]]), torch.zeros(1))
+
+
+def test_lambda_moves_by_the_relative_violation_once_per_check_and_stays_in_range():
+    budget = CollateralBudget(Scripted((0.5, 0.0), (0.6, 0.045), (0.7, 0.9), (0.8, 0.9)), 0.03, tiny_set(0.0),
+                              num_classes=2, attack=0, target=1)
+    assert budget.lam == 1.0
+    budget.update(0, tiny_set(1.0))                # never before the first iteration
+    budget.update(CHECK_EVERY - 1, tiny_set(1.0))  # nor between checks
+    budget.update(CHECK_EVERY, tiny_set(1.0))      # no collateral: the violation is -1, λ shrinks by e^-η
+    assert budget.lam == pytest.approx(math.exp(-DUAL_STEP))
+    budget.update(CHECK_EVERY, tiny_set(1.0))      # a back-off or a resume repeats the iteration: nothing changes
+    assert budget.lam == pytest.approx(math.exp(-DUAL_STEP))
+    budget.update(2 * CHECK_EVERY, tiny_set(2.0))  # 1.5 × the budget: half a step up
+    assert budget.lam == pytest.approx(math.exp(-DUAL_STEP + 0.5 * DUAL_STEP))
+    budget.state["log_lambda"].fill_(math.log(LAMBDA_RANGE[1]) - 0.1)
+    budget.update(3 * CHECK_EVERY, tiny_set(3.0))  # 30 × the budget: one clipped step, then the upper bound
+    assert budget.lam == pytest.approx(LAMBDA_RANGE[1])
+
+
+def test_the_kept_iterate_is_the_strongest_within_budget_and_survives_a_state_round_trip():
+    budget = CollateralBudget(Scripted((0.5, 0.02), (0.9, 0.2), (0.7, 0.03), (0.8, 0.05)), 0.03, tiny_set(0.0),
+                              num_classes=2, attack=0, target=1)
+    for check, value in enumerate((1.0, 2.0, 3.0), start=1):
+        budget.update(check * CHECK_EVERY, tiny_set(value))
+    copy = CollateralBudget(Scripted((0.8, 0.05)), 0.03, tiny_set(0.0), num_classes=2, attack=0, target=1)
+    copy.load_state_dict({k: v.clone() for k, v in budget.state_dict().items()})
+    chosen = copy.choose(tiny_set(4.0), 40)  # the final set is stronger but over budget
+    assert chosen.iteration == 3 * CHECK_EVERY and chosen.measurement == Measurement(0.7, 0.03)
+    assert torch.equal(chosen.synthetic.images, tiny_set(3.0).images) and copy.lam == pytest.approx(budget.lam)
+    fresh = CollateralBudget(Scripted((0.1, 0.5)), 0.03, tiny_set(0.0), num_classes=2, attack=0, target=1)
+    assert fresh.choose(tiny_set(4.0), 40).iteration == 40  # none within budget: the final set, as measured
+
+
+def test_targets_weigh_class_k_against_the_others_by_lambda():
+    budget = CollateralBudget(Scripted(), 0.03, tiny_set(0.0), num_classes=3, attack=1, target=2)
+    budget.state["log_lambda"].fill_(math.log(3.0))
+    targets = budget.targets(torch.tensor([0, 1, 2]))
+    torch.testing.assert_close(targets, torch.tensor([[0.75, 0, 0], [0, 0, 0.25], [0, 0, 0.75]]))
+
+
+def test_a_budget_and_an_attack_weight_exclude_each_other(zoo):
+    with pytest.raises(DDSecError, match="pass only one"):
+        config(zoo, attack_weight=3)
+    with pytest.raises(DDSecError, match=r"--max-collateral must be a fraction in \(0, 1\)"):
+        config(zoo, max_collateral=1.5)
+    assert config(zoo, max_collateral=None, attack_weight=3).fingerprint()["max_collateral"] is None
+
+
+def test_the_budget_holds_where_a_large_fixed_weight_does_not(zoo):
+    fixed = run_poison(prepare_poison(config(zoo, max_collateral=None, attack_weight=30)))
+    held = run_poison(prepare_poison(config(zoo, max_collateral=0.05)))
+    assert fixed.crafting["train_collateral"] > 0.05, fixed.crafting  # the fixed weight overshoots the budget
+    assert held.crafting["train_collateral"] <= 0.05, held.crafting
+    assert held.crafting["train_asr"] > 0.5, held.crafting  # within budget, the attack still works
+    s, f = held.evaluation.summary(), fixed.evaluation.summary()
+    assert s["asr_mean"] > s["asr_before"] + 0.1, s
+    assert s["acc_other_before"] - s["acc_other_after"] < f["acc_other_before"] - f["acc_other_after"]
+    tight = run_poison(prepare_poison(config(zoo, max_collateral=0.01)))
+    assert tight.crafting["train_collateral"] <= 0.01, tight.crafting
+    # the paper's objective (λ = 1) costs about 3 points here: a looser budget lowers λ, a tighter one raises it
+    assert held.crafting["lambda"] < 1 < tight.crafting["lambda"], (held.crafting, tight.crafting)
+    config_meta = held.distilled.meta.config
+    assert config_meta["max_collateral"] == 0.05 and config_meta["crafting"]["lambda"] == held.crafting["lambda"]
+
+
+def test_resume_continues_lambda_and_the_kept_iterate_exactly(zoo, tmp_path):
+    cfg = config(zoo, iterations=2 * CHECK_EVERY + 5)
+    full = run_poison(prepare_poison(cfg))
+    checkpoint = tmp_path / "p.ckpt"
+
+    def interrupt(progress, _):
+        if progress.iteration == CHECK_EVERY + 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_poison(prepare_poison(cfg), checkpoint_path=checkpoint, on_progress=interrupt)
+    resumed = run_poison(prepare_poison(cfg), checkpoint_path=checkpoint, resume=True)
+    assert resumed.crafting == full.crafting
+    assert torch.equal(resumed.distilled.images, full.distilled.images)
