@@ -94,3 +94,46 @@ def test_cli_budget_goes_into_the_metadata_and_iterations_win(tmp_path):
     assert json.loads(both.stdout.strip().splitlines()[-1])["iterations"] == 2
     bad = runner.invoke(app, [*common, "--budget", "soon", "--out", str(tmp_path / "x.safetensors")])
     assert bad.exit_code == 1 and bad.stderr.strip().endswith("got 'soon'")
+
+
+def _sleepy_condense_step(state, generator, iteration):
+    """A condensation step that takes 0.05 s and nudges the images."""
+    from ddsec.condense.checkpoint import ImageState
+
+    time.sleep(0.05)
+    return ImageState(state.images * 0.99, state.momentum), float(iteration)
+
+
+def test_condense_fills_its_budget_and_a_resume_keeps_the_plan(tmp_path):
+    from ddsec.condense.loop import condense
+
+    images = torch.zeros(4, 1, 3, 3)
+    began = time.perf_counter()
+    result = condense(_sleepy_condense_step, images, iterations=None, replan=planner("1s", None), seed=0, fingerprint={})
+    elapsed = time.perf_counter() - began
+    assert 0.8 <= elapsed <= 1.2, (elapsed, result.plan)
+    assert result.losses.shape == (result.plan["iterations"],)
+    ckpt = tmp_path / "c.ckpt"
+
+    def interrupt(progress) -> None:
+        if progress.iteration == 8:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        condense(_sleepy_condense_step, images, iterations=None, replan=planner("1s", None), seed=0, fingerprint={},
+                 checkpoint_path=ckpt, on_progress=interrupt)
+    chosen = load_checkpoint(ckpt).plan["iterations"]
+    resumed = condense(_sleepy_condense_step, images, iterations=None, replan=planner("1h", None), seed=0,
+                       fingerprint={}, checkpoint_path=ckpt, resume=True)
+    assert resumed.plan["iterations"] == chosen and resumed.losses.shape == (chosen,)
+
+
+def test_condense_cli_plans_its_budget_into_the_metadata(tmp_path):
+    out = tmp_path / "dm.safetensors"
+    result = runner.invoke(app, ["distill", "--method", "dm", "--model", "test_cnn", "--ipc", "1", "--budget", "2s",
+                                 "--eval-models", "1", "--eval-epochs", "2", "--batch-size", "16", "--quiet", "--json",
+                                 "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    config = load_distilled(out).meta.config
+    assert config["budget"] == "2s" and config["iterations"] is None
+    assert config["plan"]["iterations"] == json.loads(result.stdout.strip().splitlines()[-1])["iterations"] > 4

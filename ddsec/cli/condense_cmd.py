@@ -76,12 +76,14 @@ def condense_command(cfg, *, out_path: Path | None, resume: bool, force: bool, c
         ("set", f"{outcome.distilled.images_per_step} images ({cfg.dataset}, {cfg.model}, {cfg.method},"
                 f" ipc {cfg.ipc}, init {cfg.image_init})"),
         ("real batches", sampling),
-        ("condensation time", f"{outcome.seconds:.1f} s"),
+        ("condensation time", f"{outcome.seconds:.1f} s, {len(outcome.losses)} iterations"
+                              + (f" (planned for --budget {cfg.budget})" if cfg.budget else "")),
         ("final matching loss", f"{float(outcome.losses[-1]):.4f}"),
         (f"accuracy, {summary['models']} fresh models × {cfg.eval_epochs} epochs", percent(summary["acc_mean"], summary["acc_std"])),
         ("accuracy before training", percent(summary["acc_before_mean"])),
     ]
     out.print(result_table(f"ddsec distill --method {cfg.method}", rows))
     if json_out:
-        print_json({"output": str(output), "seconds": round(outcome.seconds, 3), "iterations": cfg.iterations,
+        print_json({"output": str(output), "seconds": round(outcome.seconds, 3),
+                    "iterations": len(outcome.losses), "budget": cfg.budget,
                     "method": cfg.method, "eval": summary})

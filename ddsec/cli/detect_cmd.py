@@ -44,7 +44,8 @@ def detect(
     import torch
 
     from ddsec.attacks import parse_victim, prepare_from_file
-    from ddsec.defences import check_fpr, feature_module, inject, make_detectors, screen
+    from ddsec.defences import check_fpr, detector_names, feature_module, inject, make_detectors, screen
+    from ddsec.defences.art_check import SHARED, cross_check, require_art
     from ddsec.defences.metrics import mean_roc
     from ddsec.engine import SyntheticSet, distinct_draws
     from ddsec.evaluate import heldout_count
@@ -57,7 +58,11 @@ def detect(
     if expected_fraction is not None and not 0 < expected_fraction < 1:
         raise DDSecError(f"--expected-fraction must lie strictly between 0 and 1, got {expected_fraction}")
     spec = parse_victim(victim)
-    make_detectors(detector, mean=(0.0,), std=(1.0,), expected_fraction=0.5)  # names checked before any loading
+    names = detector_names(detector)  # checked before any loading
+    if art and not set(SHARED) & set(names):
+        raise DDSecError("--art compares the spectral and activation-clustering detectors; select one of them")
+    if art:
+        require_art()
     with err.status("loading the batch, the data and the held-out models…"):
         dset, job = prepare_from_file(file, data_dir=data_dir, zoo=zoo, device=device,
                                       heldout_population=heldout_population)
@@ -68,9 +73,8 @@ def detect(
     poison = SyntheticSet.from_lrs(dset.images.to(base.device), dset.labels.to(base.device), dset.lrs.to(base.device),
                                    dset.meta.epochs)
     data = inject(poison, base.train, clean_size, torch.Generator().manual_seed(seed))
-    fraction = float(data.is_poison.float().mean())
-    detectors = make_detectors(detector, mean=base.train.mean, std=base.train.std,
-                               expected_fraction=expected_fraction or fraction, k=k)
+    detectors = make_detectors(names, mean=base.train.mean, std=base.train.std,
+                               expected_fraction=expected_fraction or float(data.is_poison.float().mean()), k=k)
     params = base.heldout.sample(distinct_draws(base.heldout, models), torch.Generator().manual_seed(seed))
     with progress_bar("held-out models", models, quiet=quiet) as update:
         result = screen(base.model, params, poison, data, base.test, detectors, attack=cfg.attack, target=cfg.target,
@@ -78,7 +82,7 @@ def detect(
                         on_model=lambda done, total: update(done, f"model {done}/{total}"))
     summary = result.summary()
     if art:
-        summary["art"] = _art_cross_check(base, params, data, detectors, result, fraction, seed)
+        summary["art"] = cross_check(base.model, params, data, detectors, base.train.num_classes, seed)
     picture = png or file.with_suffix(".roc.png")
     roc_curves(picture, {r.name: mean_roc(r.scores, data.is_poison) for r in result.detectors},
                f"{file.name}: {int(data.is_poison.sum())} poison among {result.clean_samples} clean, {models} models")
@@ -90,32 +94,6 @@ def detect(
     if json_out:
         print_json({"file": str(file), "attack": cfg.attack, "target": cfg.target, "victim": spec.name,
                     "png": str(picture), **summary})
-
-
-def _art_cross_check(base, params, data, detectors, result, fraction: float, seed: int) -> dict:
-    """Mean agreement over models between ART's flags and ddsec's own rule, per shared detector."""
-    from dataclasses import replace
-
-    from ddsec.defences import ModelProbe
-    from ddsec.defences.art_check import agreement, art_flags
-    from ddsec.defences.detectors import ActivationClustering
-    from ddsec.engine.population import select
-
-    shared = [replace(d, max_share=0.5) if isinstance(d, ActivationClustering) else d  # ART's "smaller" rule
-              for d in detectors if d.name in ("spectral", "activation-clustering")]
-    if not shared:
-        raise DDSecError("--art compares the spectral and activation-clustering detectors; select one of them")
-    totals: dict[str, dict[str, float]] = {}
-    models = next(iter(params.values())).shape[0]
-    for m in range(models):
-        one = select(params, m)
-        theirs = art_flags(base.model, one, data.images, data.labels, base.train.num_classes, fraction, seed)
-        probe = ModelProbe(base.model, one, data.images.to(base.device), data.labels.to(base.device))
-        for d in shared:
-            for key, value in agreement(d.detect(probe)[1], theirs[d.name]).items():
-                totals.setdefault(d.name, {}).setdefault(key, 0.0)
-                totals[d.name][key] += value / models
-    return totals
 
 
 def _table(summary: dict, attack: int, target: int, fprs: list[float], victim: str) -> Table:

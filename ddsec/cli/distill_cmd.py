@@ -97,7 +97,7 @@ def distill(
                  "--decay-every": (decay_every, None), "--mode": (mode, D.mode),
                  "--keep-graphs": (keep_graphs, None), "--theta-every": (theta_every, None), "--learn-labels": (learn_labels, D.learn_labels),
                  "--momentum": (momentum, None), "--lr-momenta": (lr_momenta, None), "--nproc": (nproc, 1),
-                 "--eval-every": (eval_every, None), "--budget": (budget, None), "--decay-fraction": (decay_fraction, None)},
+                 "--eval-every": (eval_every, None), "--decay-fraction": (decay_fraction, None)},
         condense_only={"--outer-loop": outer_loop, "--inner-loop": inner_loop, "--lr-net": lr_net,
                        "--dsa-strategy": dsa_strategy, "--batch-sampling": batch_sampling, "--clusters": clusters,
                        "--feature-layer": feature_layer, "--feature-model": feature_model,
@@ -106,8 +106,10 @@ def distill(
     if method != "dd":
         from ddsec.condense import CondenseConfig
 
-        settings = dict(model=model, iterations=iterations, lr_img=lr, eval_models=eval_models, lr_net=lr_net,
-                        batch_sampling=batch_sampling)
+        iterations, budget, notes = O.iterations_or_budget(iterations, budget, None)
+        print_notes(notes)
+        settings = dict(model=model, iterations=iterations, budget=budget, lr_img=lr, eval_models=eval_models,
+                        lr_net=lr_net, batch_sampling=batch_sampling)
         condense_command(CondenseConfig(
             method=method, dataset=dataset, data_dir=data_dir, download=download, ipc=ipc, image_init=image_init,
             batch_real=batch_size, outer_loop=outer_loop, inner_loop=inner_loop, dsa_strategy=dsa_strategy,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from ddsec.budget import parse_duration
 from ddsec.condense.augment import DC_AUGMENTATION, default_strategy, evaluation_augment, parse_strategy
 from ddsec.condense.features import PENULTIMATE
 from ddsec.condense.gradient_matching import default_loops
@@ -34,8 +35,9 @@ _RESUMABLE = ("data_dir", "download", "device", "iterations", "eval_models", "ev
 class CondenseConfig:
     """Every setting of one condensation run; stored as JSON in the exported file.
 
-    ``None`` fields take the method's published default when the config is built. Validation
-    raises :class:`DDSecError` naming the command-line option at fault.
+    ``None`` fields take the method's published default when the config is built, except
+    ``iterations`` under a time ``budget`` (the loop fills the budget; an explicit count wins over
+    it). Validation raises :class:`DDSecError` naming the command-line option at fault.
     """
 
     method: str = "dc"
@@ -47,6 +49,7 @@ class CondenseConfig:
     image_init: str = "real"
     init_scheme: str = "default"
     iterations: int | None = None
+    budget: str | None = None
     batch_real: int = 256
     lr_img: float | None = None
     momentum_img: float = 0.5
@@ -72,6 +75,8 @@ class CondenseConfig:
         if self.method not in METHODS:
             raise DDSecError(f"--method must be one of dd, {', '.join(METHODS)}, got {self.method!r}")
         self._check_sampling()
+        if self.budget is not None:
+            parse_duration(self.budget)
         if self.method == "dm" and (self.outer_loop is not None or self.inner_loop is not None):
             raise DDSecError("--outer-loop and --inner-loop apply to --method dc|dsa (DM trains no network)")
         if self.method == "dc" and self.dsa_strategy not in (None, "none"):
@@ -85,7 +90,8 @@ class CondenseConfig:
         evaluation_augment(eval_augment, "--eval-augment")
         kmeans = self.batch_sampling == "kmeans"
         resolved = {
-            "iterations": iterations if self.iterations is None else self.iterations,
+            "iterations": self.iterations if self.iterations is not None or self.budget is not None else iterations,
+            "budget": None if self.iterations is not None else self.budget,
             "lr_img": lr_img if self.lr_img is None else self.lr_img,
             "eval_augment": eval_augment,
             "eval_epochs": (300 if eval_augment == "none" else 1000) if self.eval_epochs is None else self.eval_epochs,

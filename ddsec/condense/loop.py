@@ -5,15 +5,17 @@ both learn the synthetic images with SGD with momentum 0.5; a method is a :data:
 runs one outer iteration (sampling a fresh network, matching, updating the images one or more
 times with :class:`ImageSGD`). The loop reports through a callback (it never prints),
 checkpoints atomically every ``checkpoint_every`` iterations, at least every
-``checkpoint_seconds`` and on Ctrl-C (then re-raises), resumes exactly, and stops with :class:`~ddsec.errors.NonFiniteError` on a NaN/inf loss or
-image, the last good state saved.
+``checkpoint_seconds`` and on Ctrl-C (then re-raises), resumes exactly, and stops with
+:class:`~ddsec.errors.NonFiniteError` on a NaN/inf loss or image, the last good state saved. Given
+a time budget instead of an iteration count, it times its first iterations and fills the budget.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -68,29 +70,34 @@ class CondenseProgress:
 
 @dataclass(frozen=True)
 class CondenseResult:
-    """The learned images ``[N, C, H, W]`` and the loss history (float32 ``[iterations]``)."""
+    """The learned images ``[N, C, H, W]``, the loss history (float32 ``[iterations]``) and, for a
+    time budget, the plan (``iterations``, ``seconds_per_iteration``)."""
 
     images: Tensor
     losses: Tensor
     resumed_from: int = 0
+    plan: dict = field(default_factory=dict)
 
 
-def _resume(path: Path | None, fingerprint: dict, device: torch.device) -> tuple[ImageState, Tensor, list[float]]:
-    state, generator_state, losses, stored = load_state(require_checkpoint(path), device)
+def _resume(path: Path | None, fingerprint: dict, device: torch.device
+            ) -> tuple[ImageState, Tensor, list[float], dict]:
+    state, generator_state, losses, stored, plan = load_state(require_checkpoint(path), device)
     if stored != fingerprint:
         changed = sorted(k for k in fingerprint.keys() | stored.keys() if fingerprint.get(k) != stored.get(k))
         raise DDSecError(f"{path} was written with other settings ({', '.join(changed) or 'its kind'} differ);"
                          " rerun with the original options, or pass --force to start over")
-    return state, generator_state, losses
+    return state, generator_state, losses, plan
 
 
 def condense(
     step: Step,
     initial: Tensor,
     *,
-    iterations: int,
+    iterations: int | None,
     seed: int,
     fingerprint: dict,
+    replan: Callable[[float], tuple[int, int | None]] | None = None,
+    probe: int = 3,
     checkpoint_path: str | Path | None = None,
     resume: bool = False,
     checkpoint_every: int = 10,
@@ -102,9 +109,14 @@ def condense(
     Args:
         step: one outer iteration of a method.
         initial: float ``[N, C, H, W]`` starting images (ignored when resuming).
-        iterations: total outer iterations.
+        iterations: total outer iterations; ``None`` with ``replan``: chosen by it.
         seed: seeds the CPU generator behind every random draw of the run.
         fingerprint: settings that must not change between a run and its resumption.
+        replan: for a time budget (:func:`ddsec.budget.planner`): called once with the mean
+            seconds of ``probe`` iterations after the first, it returns the iteration count (its
+            decay interval is unused: these methods do not decay); kept in checkpoints, so a
+            resumed run keeps the count of its first start.
+        probe: iterations timed before ``replan``.
         checkpoint_path: where to checkpoint (``None``: never).
         resume: continue from ``checkpoint_path``.
         checkpoint_every: iterations between checkpoints.
@@ -119,11 +131,15 @@ def condense(
     path = None if checkpoint_path is None else Path(checkpoint_path)
     generator = torch.Generator().manual_seed(seed)
     state = ImageState(initial.detach(), torch.zeros_like(initial))
+    if (iterations is None) == (replan is None) or (iterations is not None and iterations < 1):
+        raise ValueError("give a positive iteration count or a replan, not both")
     losses: list[float] = []
+    plan: dict = {}
     if resume:
-        state, generator_state, losses = _resume(path, fingerprint, initial.device)
+        state, generator_state, losses, plan = _resume(path, fingerprint, initial.device)
         generator.set_state(generator_state)
     first = len(losses)
+    iterations = plan.get("iterations", iterations or first + probe + 2)  # provisional until planned
     next_draws = generator.get_state()
     schedule = CheckpointSchedule(checkpoint_every, checkpoint_seconds)
     if resume and on_progress is not None:
@@ -131,11 +147,13 @@ def condense(
 
     def save() -> None:
         if path is not None:
-            save_state(path, state, next_draws, losses, fingerprint)
+            save_state(path, state, next_draws, losses, fingerprint, plan)
         schedule.saved()
 
+    timed_from: float | None = None
+    iteration = first
     try:
-        for iteration in range(first, iterations):
+        while iteration < iterations:
             next_draws = generator.get_state()
             new_state, loss = step(state, generator, iteration)
             if not (math.isfinite(loss) and bool(torch.isfinite(new_state.images).all())):
@@ -145,7 +163,14 @@ def condense(
             state = new_state
             losses.append(loss)
             next_draws = generator.get_state()
-            done = iteration + 1
+            iteration = done = iteration + 1
+            if replan is not None and not plan:
+                if timed_from is None:
+                    timed_from = time.perf_counter()
+                elif done - first == probe + 1:
+                    seconds = (time.perf_counter() - timed_from) / probe
+                    iterations = max(replan(seconds)[0], done)
+                    plan = {"iterations": iterations, "seconds_per_iteration": seconds}
             event = ""
             if path is not None and done < iterations and schedule.due(done):
                 save()
@@ -155,4 +180,4 @@ def condense(
     except KeyboardInterrupt:
         save()
         raise
-    return CondenseResult(state.images, torch.tensor(losses, dtype=torch.float32), first)
+    return CondenseResult(state.images, torch.tensor(losses, dtype=torch.float32), first, plan)

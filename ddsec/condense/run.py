@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ddsec.budget import planner
 from ddsec.baselines import real_images_per_class
 from ddsec.condense.config import CondenseConfig
 from ddsec.condense.distribution_matching import distribution_matching_step
@@ -173,7 +174,8 @@ def run_condense(
     """
     cfg, train = job.cfg, job.train
     start = time.perf_counter()
-    result = condense(build_step(job), initial_images(job), iterations=cfg.iterations, seed=cfg.seed,
+    replan = None if cfg.budget is None else planner(cfg.budget, None)
+    result = condense(build_step(job), initial_images(job), iterations=cfg.iterations, replan=replan, seed=cfg.seed,
                       fingerprint=cfg.fingerprint(), checkpoint_path=checkpoint_path, resume=resume,
                       checkpoint_every=cfg.checkpoint_every, checkpoint_seconds=checkpoint_seconds,
                       on_progress=on_progress)
@@ -184,7 +186,7 @@ def run_condense(
                                  seed=cfg.seed + 1_000_003, on_model=on_eval)
     meta = DistilledMeta(task="distill", dataset=cfg.dataset, model=cfg.model, epochs=1, ipc=cfg.ipc, init="random",
                          mean=train.mean, std=train.std, seed=cfg.seed, num_classes=train.num_classes,
-                         config=asdict(cfg))
+                         config=asdict(cfg) | ({"plan": result.plan} if result.plan else {}))
     labels = class_major_labels(train.num_classes, cfg.ipc, 1)
     distilled = DistilledSet(result.images.unsqueeze(0).detach(), labels, torch.tensor([cfg.lr_net]), meta)
     return CondenseOutcome(distilled, evaluation, result.losses, seconds)

@@ -8,13 +8,13 @@ batch into a victim's data and the victim re-trained after each filter,
 The engine never imports this package.
 """
 
-from ddsec.defences.detectors import DETECTOR_NAMES, make_detectors, robust_z
+from ddsec.defences.detectors import DETECTOR_NAMES, detector_names, make_detectors, robust_z
 from ddsec.defences.metrics import auroc, check_fpr, confusion, operating_point, roc_points
 from ddsec.defences.probe import PENULTIMATE, ModelProbe, feature_module
 from ddsec.defences.screening import FILTER_FPR, InjectedData, Screening, inject, screen, train_victim
 
 __all__ = [
     "DETECTOR_NAMES", "FILTER_FPR", "PENULTIMATE", "InjectedData", "ModelProbe", "Screening", "auroc", "check_fpr",
-    "confusion", "feature_module", "inject", "make_detectors", "operating_point", "robust_z", "roc_points", "screen",
+    "confusion", "detector_names", "feature_module", "inject", "make_detectors", "operating_point", "robust_z", "roc_points", "screen",
     "train_victim",
 ]

@@ -15,12 +15,19 @@ ddsec's default rule, fails on current numpy.
 
 from __future__ import annotations
 
+import importlib.util
+
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from ddsec.defences.probe import PENULTIMATE, feature_module
+from ddsec.defences.detectors import ActivationClustering
+from ddsec.defences.probe import PENULTIMATE, ModelProbe, feature_module
+from ddsec.defences.screening import InjectedData
+from ddsec.engine.population import Params, population_size, select
 from ddsec.errors import DDSecError
+
+SHARED = ("spectral", "activation-clustering")
 
 
 class _Penultimate(nn.Module):
@@ -54,6 +61,12 @@ class _FeaturesLast(nn.Module):
         return nn.functional.linear(self.features(x), self.weight, self.bias)
 
 
+def require_art() -> None:
+    """Fail in one line unless the adversarial-robustness-toolbox is installed."""
+    if importlib.util.find_spec("art") is None:
+        raise DDSecError("the ART cross-check needs the adversarial-robustness-toolbox: pip install 'ddsec[art]'")
+
+
 def art_flags(model: nn.Module, params: dict[str, Tensor], images: Tensor, labels: Tensor, num_classes: int,
               poison_fraction: float, seed: int = 0) -> dict[str, Tensor]:
     """ART's flags (bool ``[N]``) for ``spectral`` and ``activation-clustering`` on one model.
@@ -61,12 +74,10 @@ def art_flags(model: nn.Module, params: dict[str, Tensor], images: Tensor, label
     Raises:
         DDSecError: the ``art`` extra is not installed.
     """
-    try:
-        from art.defences.detector.poison import ActivationDefence, SpectralSignatureDefense
-        from art.estimators.classification import PyTorchClassifier
-    except ImportError:
-        raise DDSecError("the ART cross-check needs the adversarial-robustness-toolbox: pip install 'ddsec[art]'") from None
+    require_art()
     import numpy as np
+    from art.defences.detector.poison import ActivationDefence, SpectralSignatureDefense
+    from art.estimators.classification import PyTorchClassifier
 
     wrapped = _FeaturesLast(model, {k: v.detach().cpu() for k, v in params.items()}).eval()
     classifier = PyTorchClassifier(wrapped, loss=nn.CrossEntropyLoss(), input_shape=tuple(images.shape[1:]),
@@ -88,3 +99,31 @@ def agreement(ours: Tensor, theirs: Tensor) -> dict[str, float]:
     union = int((ours | theirs).sum())
     return {"same_verdict": float((ours == theirs).float().mean()),
             "jaccard": 1.0 if union == 0 else int((ours & theirs).sum()) / union}
+
+
+def cross_check(model: nn.Module, params: Params, data: InjectedData, detectors: list, num_classes: int,
+                seed: int = 0) -> dict[str, dict[str, float]]:
+    """Agreement (:func:`agreement`, averaged over the ``M`` models of ``params``) between ART's flags
+    and ddsec's own rule for each of ``detectors`` that ART also has; clustering is compared under
+    ART's ``smaller`` rule.
+
+    Raises:
+        DDSecError: ART is not installed.
+        ValueError: none of ``detectors`` is spectral or activation clustering.
+    """
+    ours = [ActivationClustering(d.dims, 0.5, d.seed) if isinstance(d, ActivationClustering) else d
+            for d in detectors if d.name in SHARED]
+    if not ours:
+        raise ValueError("the ART cross-check needs a spectral or activation-clustering detector")
+    fraction = float(data.is_poison.float().mean())
+    models = population_size(params)
+    totals: dict[str, dict[str, float]] = {d.name: {"same_verdict": 0.0, "jaccard": 0.0} for d in ours}
+    for m in range(models):
+        one = select(params, m)
+        theirs = art_flags(model, one, data.images, data.labels, num_classes, fraction, seed)
+        device = next(iter(one.values())).device
+        probe = ModelProbe(model, one, data.images.to(device), data.labels.to(device))
+        for detector in ours:
+            for key, value in agreement(detector.detect(probe)[1], theirs[detector.name]).items():
+                totals[detector.name][key] += value / models
+    return totals

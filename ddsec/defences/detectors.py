@@ -206,18 +206,24 @@ class PixelStatistics:
 DETECTOR_NAMES = ("spectral", "activation-clustering", "knn", "loss", "gradient-norm", "gradient-alignment", "pixels")
 
 
-def make_detectors(names: list[str], *, mean: tuple[float, ...], std: tuple[float, ...],
-                   expected_fraction: float, k: int = 10) -> list:
-    """Detectors by name (``all`` for every one), in :data:`DETECTOR_NAMES` order.
+def detector_names(names: list[str]) -> list[str]:
+    """The names asked for (``all`` for every one), in :data:`DETECTOR_NAMES` order.
 
     Raises:
         DDSecError: an unknown name (one line, listing the known ones).
     """
-    wanted = list(DETECTOR_NAMES) if "all" in names else names
-    unknown = sorted(set(wanted) - set(DETECTOR_NAMES))
+    unknown = sorted(set(names) - set(DETECTOR_NAMES) - {"all"})
     if unknown:
         raise DDSecError(f"unknown detector {unknown[0]!r}; choose from {', '.join(DETECTOR_NAMES)} or all")
+    return [name for name in DETECTOR_NAMES if "all" in names or name in names]
+
+
+def make_detectors(names: list[str], *, mean: tuple[float, ...], std: tuple[float, ...],
+                   expected_fraction: float, k: int = 10) -> list:
+    """Detectors by name (see :func:`detector_names`); ``mean``/``std`` undo the data's normalisation,
+    ``expected_fraction`` sets the spectral cut and ``k`` the neighbours of deep k-NN."""
+    wanted = detector_names(names)
     built = {"spectral": SpectralSignatures(expected_fraction), "activation-clustering": ActivationClustering(),
              "knn": DeepKNN(k), "loss": LossScore(), "gradient-norm": GradientNorm(),
              "gradient-alignment": GradientMisalignment(), "pixels": PixelStatistics(mean, std)}
-    return [built[name] for name in DETECTOR_NAMES if name in wanted]
+    return [built[name] for name in wanted]

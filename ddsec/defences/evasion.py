@@ -80,17 +80,16 @@ class EvasionPenalty:
     def _one_model(self, params: Params, images: Tensor, labels: Tensor) -> Tensor:
         x_ref, y_ref = self.reference
         per_sample = vmap(grad(self._loss), in_dims=(None, 0, 0))
-        flat = lambda grads: torch.cat([g.flatten(1) for g in grads.values()], dim=1)  # noqa: E731
         terms = []
         with torch.no_grad():
             ref_features, ref_logits = self._features(params, x_ref)
-            ref_grads = flat(per_sample(params, x_ref, y_ref))
+            ref_grads = _flat(per_sample(params, x_ref, y_ref))
         features, logits = self._features(params, images)
         if "loss" in self.names:
             clean = F.cross_entropy(ref_logits, y_ref, reduction="none").quantile(self.quantile)
             terms.append(_excess(F.cross_entropy(logits, labels, reduction="none"), clean))
         if {"gradient-norm", "gradient-alignment"} & set(self.names):
-            grads = flat(per_sample(params, images, labels))
+            grads = _flat(per_sample(params, images, labels))
             norms, ref_norms = grads.norm(dim=1), ref_grads.norm(dim=1)
             if "gradient-norm" in self.names:
                 terms.append(_excess(norms, ref_norms.quantile(self.quantile)))
@@ -115,6 +114,11 @@ class EvasionPenalty:
         models = population_size(params)
         total = sum(self._one_model(select(params, m), flat_images, flat_labels) for m in range(models))
         return self.weight * total / models
+
+
+def _flat(grads: dict[str, Tensor]) -> Tensor:
+    """Per-sample gradients ``{name: [B, …]}`` as one ``[B, |θ|]`` matrix."""
+    return torch.cat([g.flatten(1) for g in grads.values()], dim=1)
 
 
 def _excess(values: Tensor, limit: Tensor) -> Tensor:

@@ -73,7 +73,10 @@ def kept_batch(poison: SyntheticSet, keep: Tensor) -> SyntheticSet | None:
         raise DDSecError("filtering a batch of several steps needs the same number of images kept in each step;"
                          " screen one-step batches (ddsec poison --steps 1)")
     columns = keep.nonzero()[:, 1].view(poison.steps, -1)
-    take = lambda t: torch.stack([t[s, columns[s]] for s in range(poison.steps)])  # noqa: E731
+
+    def take(tensor: Tensor) -> Tensor:
+        return torch.stack([tensor[s, columns[s]] for s in range(poison.steps)])
+
     return SyntheticSet(take(poison.images), take(poison.labels), poison.raw_lrs, poison.epochs,
                         None if poison.label_logits is None else take(poison.label_logits), poison.raw_momenta)
 
@@ -167,10 +170,12 @@ def screen(
     verdicts = {}  # detectors that need no model score once
     predictions: dict[str, list[Tensor]] = {"before": [], "no filter": [], "perfect filter": []}
     clean_keep = torch.zeros(poison.images.shape[:2].numel(), dtype=torch.bool)
+    def predict(trained: Params) -> Tensor:
+        return population_predictions(model, trained, test.images)[0]
+
     for m in range(models):
         one = select(params, torch.tensor([m], device=device))
         probe = ModelProbe(model, select(params, m), data.images.to(device), data.labels.to(device), layer=layer)
-        predict = lambda p: population_predictions(model, p, test.images)[0]  # noqa: E731
         predictions["before"].append(predict(one))
         predictions["no filter"].append(predict(train_victim(model, one, poison, ~clean_keep, victim, data.clean, seed)))
         predictions["perfect filter"].append(predict(train_victim(model, one, poison, clean_keep, victim, data.clean,

@@ -210,3 +210,16 @@ def test_evade_names_are_checked_in_one_line():
         parse_evade("magic")
     with pytest.raises(DDSecError, match="--pixels valid --quantize 8bit"):
         parse_evade("pixels")
+
+
+def test_detect_cli_cross_checks_with_art(digits_mlp_attack, tmp_path):
+    pytest.importorskip("art")
+    zoo, _, outcome = digits_mlp_attack
+    path = tmp_path / "batch.safetensors"
+    save_distilled(path, outcome.distilled)
+    result = runner.invoke(app, ["detect", str(path), "--zoo", str(zoo), "--models", "1", "--clean-size", "300",
+                                 "--detector", "spectral", "--detector", "knn", "--art", "--quiet", "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(payload["art"]) == {"spectral"} and set(payload["detectors"]) == {"spectral", "knn"}
+    assert 0.9 < payload["art"]["spectral"]["same_verdict"]  # both flag about 1.5 x 10/310 of each class
