@@ -177,3 +177,25 @@ def digits_mlp_attack(digits_mlp_zoo):
                        batch_size=128, eval_models=3, device="cpu")
     job = prepare_poison(cfg)
     return digits_mlp_zoo, job, run_poison(job)
+
+
+@pytest.fixture
+def victim_plan() -> list:
+    """Five inner steps for a 3-step float64 set of 1×6×6 images: a warm-up clean step, three
+    poisoned steps mixed with 4 clean images (one at a scaled step size, one shifted, one at a fixed
+    step size), a clean step after."""
+    from ddsec.engine import InnerStep
+
+    generator = torch.Generator().manual_seed(0)
+
+    def clean(count: int) -> dict:
+        return {"clean_images": torch.randn(count, 1, 6, 6, generator=generator, dtype=torch.float64),
+                "clean_labels": torch.randint(0, 3, (count,), generator=generator)}
+
+    return [
+        InnerStep(None, lr=0.05, **clean(5)),
+        InnerStep(0, lr_index=0, lr_scale=0.5, **clean(4)),
+        InnerStep(1, lr_index=1, **clean(4), offsets=torch.randint(0, 3, (10, 2), generator=generator), pad=1),
+        InnerStep(2, lr=0.2, **clean(4)),
+        InnerStep(None, lr=0.05, **clean(5)),
+    ]

@@ -31,7 +31,7 @@ def detect(
     expected_fraction: Optional[float] = typer.Option(None, help="Poison fraction the spectral rule expects (default:"
                                                                  " the real one)."),
     art: bool = typer.Option(False, help="Cross-check spectral and clustering against ART (pip install 'ddsec[art]')."),
-    heldout_population: Optional[str] = typer.Option(None, help="Held-out population (default: the batch's)."),
+    heldout_population: Optional[str] = O.HELDOUT_OF_BATCH,
     png: Optional[Path] = typer.Option(None, help="ROC curves (default: FILE with .roc.png)."),
     data_dir: Optional[str] = O.DATA_DIR,
     zoo: Optional[str] = O.ZOO,

@@ -31,6 +31,7 @@ RESUME = typer.Option(False, help="Continue an interrupted run from its checkpoi
 CHECKPOINT_SECONDS = typer.Option(DEFAULT_CHECKPOINT_SECONDS, help="Checkpoint at least this often (seconds of"
                                   " wall-clock time), so a killed run loses at most this much.")
 FORCE = typer.Option(False, help="Start over even if an unfinished run's checkpoint exists.")
+HELDOUT_OF_BATCH = typer.Option(None, help="Held-out population (default: the one the batch was evaluated on).")
 JSON = typer.Option(False, "--json", help="Print one JSON object as the last line of stdout.")
 QUIET = typer.Option(False, help="No progress bars.")
 EVAL_EVERY = typer.Option(None, help="Quick held-out accuracy every N iterations (default: 5 times a run; 0: never).")

@@ -29,7 +29,7 @@ def stress(
     models: int = typer.Option(10, help="Held-out models, the same ones in every cell (at most the population's size)."),
     baseline: list[str] = typer.Option(["all"], help="Label-flip baselines replayed under the same victims:"
                                                      " flip-random | flip-average | flip-kmeans | all | none (repeatable)."),
-    heldout_population: Optional[str] = typer.Option(None, help="Held-out population (default: the one the batch was evaluated on)."),
+    heldout_population: Optional[str] = O.HELDOUT_OF_BATCH,
     population: list[str] = typer.Option([], help="Also replay the batch, as the paper's victim, on the held-out models of"
                                                   " this zoo entry or path: another architecture or recipe (repeatable)."),
     png: Optional[Path] = typer.Option(None, help="Heatmap of the matrix (default: FILE with .stress.png)."),

@@ -156,6 +156,12 @@ def test_detect_refuses_a_file_that_is_not_a_poison_set(tmp_path):
     path.write_text("not a tensor file")
     result = runner.invoke(app, ["detect", str(path), "--quiet"])
     assert result.exit_code == 1 and "Traceback" not in result.output and len(result.stderr.strip().splitlines()) == 1
+    distilled = tmp_path / "d.safetensors"
+    made = runner.invoke(app, ["distill", "--model", "test_cnn", "--steps", "1", "--epochs", "1", "--iterations", "1",
+                               "--n-models", "1", "--eval-models", "1", "--quiet", "--out", str(distilled)])
+    assert made.exit_code == 0, made.output
+    result = runner.invoke(app, ["detect", str(distilled), "--quiet"])
+    assert result.exit_code == 1 and "is a distill set, not a poisoning batch" in result.stderr
 
 
 def test_art_agrees_with_ddsec_on_a_planted_case():

@@ -16,31 +16,12 @@ from ddsec.engine import (
     Adam,
     ClassificationObjective,
     FixedInit,
-    InnerStep,
     RealBatches,
     distill,
     meta_grads,
     stack_params,
 )
 from ddsec.engine.segments import ThetaTape, segment_length
-
-
-def victim_plan() -> list[InnerStep]:
-    """Five steps: clean ones around three poisoned ones mixed with clean images (one shifted, one
-    at a scaled step size, one at a fixed step size)."""
-    generator = torch.Generator().manual_seed(0)
-
-    def clean(count: int) -> dict:
-        return {"clean_images": torch.randn(count, 1, 6, 6, generator=generator, dtype=torch.float64),
-                "clean_labels": torch.randint(0, 3, (count,), generator=generator)}
-
-    return [
-        InnerStep(None, lr=0.05, **clean(5)),
-        InnerStep(0, lr_index=0, lr_scale=0.5, **clean(4)),
-        InnerStep(1, lr_index=1, **clean(4), offsets=torch.randint(0, 3, (10, 2), generator=generator), pad=1),
-        InnerStep(2, lr=0.2, **clean(4)),
-        InnerStep(None, lr=0.05, **clean(5)),
-    ]
 
 
 def assert_same(a, b, rtol: float) -> None:
@@ -53,7 +34,7 @@ def assert_same(a, b, rtol: float) -> None:
 
 
 @pytest.fixture(params=["sgd", "population", "momentum-labels", "adam", "victim-sgd", "victim-adam"])
-def case(request, tiny_cnn, make_cnn, tiny_synthetic):
+def case(request, tiny_cnn, make_cnn, tiny_synthetic, victim_plan):
     """``(model, params, synthetic, keywords of meta_grads)`` for one inner setting."""
     params = dict(tiny_cnn.named_parameters())
     name = request.param
@@ -67,7 +48,7 @@ def case(request, tiny_cnn, make_cnn, tiny_synthetic):
     if name.startswith("victim"):
         optimizer = SGD(momentum=0.9, weight_decay=5e-2) if name == "victim-sgd" else Adam()
         synthetic = tiny_synthetic.with_learnable_labels(3, confidence=0.8)
-        return tiny_cnn, params, synthetic, {"optimizer": optimizer, "plan": victim_plan()}
+        return tiny_cnn, params, synthetic, {"optimizer": optimizer, "plan": victim_plan}
     return tiny_cnn, params, tiny_synthetic, {}
 
 
