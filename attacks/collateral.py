@@ -17,7 +17,9 @@ games for efficient non-convex constrained optimization", ALT 2019):
   loss's scale bounded while ``λ`` moves (Adam's moment estimates adapt slowly to a new scale);
 - the dual player measures the constraint as it is stated (accuracy, not its cross-entropy proxy)
   every ``CHECK_EVERY`` iterations with a :class:`TrainingCheck`: a few training-population models
-  on a fixed subset of training images (the held-out models are for evaluation only). It then
+  on a fixed subset of training images, both held out of crafting (:func:`hold_out`: measured on
+  the models and images the batch is crafted on, the collateral looked a point or more smaller
+  than on unseen models; the held-out population is for evaluation only). It then
   takes a multiplicative (exponentiated-gradient) ascent step on ``λ``::
 
       log λ ← clip(log λ + η · clip((c − C) / C, −1, 1), log λ_min, log λ_max)
@@ -45,7 +47,8 @@ from torch import Tensor, nn
 
 from ddsec.attacks.metrics import evaluate_attack, relabel
 from ddsec.data import ImageDataset
-from ddsec.engine import InitDistribution, SyntheticSet
+from ddsec.engine import InitDistribution, PopulationInit, SyntheticSet
+from ddsec.engine.population import select
 
 CHECK_EVERY = 10
 """Outer iterations between two measurements of the dual player."""
@@ -95,6 +98,26 @@ class TrainingCheck:
                                  n_models=self.models, seed=self.seed)
         collateral = result.before.acc_other - result.after.acc_other
         return Measurement(float(result.after.asr.mean()), float(collateral.mean()))
+
+
+def hold_out(init: InitDistribution, train: ImageDataset, *, seed: int, models: int = CHECK_MODELS,
+             images: int = CHECK_IMAGES) -> tuple[InitDistribution, ImageDataset, InitDistribution, ImageDataset]:
+    """``(crafting p(θ0), crafting images, check p(θ0), check images)``: the check's models and images
+    held out of crafting, so that it measures what models and images the batch never saw will do.
+
+    ``models`` random models of a population larger than ``2·models`` are held out (a smaller
+    population, or a fixed init, is shared), and ``images`` training images, at most a quarter
+    of them; both drawn with ``seed``.
+    """
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+    held = min(images, len(train) // 4)
+    craft_images, check_images = train.subset(order[held:]), train.subset(order[:held])
+    if not isinstance(init, PopulationInit) or init.size <= 2 * models:
+        return init, craft_images, init, check_images
+    picks = torch.randperm(init.size, generator=torch.Generator().manual_seed(seed)).to(
+        next(iter(init.population.values())).device)
+    return (PopulationInit(select(init.population, picks[models:])), craft_images,
+            PopulationInit(select(init.population, picks[:models])), check_images)
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ddsec.attacks.collateral import Choice, CollateralBudget, TrainingCheck
+from ddsec.attacks.collateral import Choice, CollateralBudget, TrainingCheck, hold_out
 from ddsec.attacks.metrics import AttackResult, evaluate_attack, relabel, weighted_relabel
 from ddsec.attacks.victims import parse_victim
 from ddsec.data import ImageDataset
@@ -257,11 +257,13 @@ def run_poison(
     cfg, base = job.cfg, job.base
     train, test = base.train, base.test
     start_set = initial_synthetic(base)
-    check = TrainingCheck(base.model, base.init, train, attack=cfg.attack, target=cfg.target, seed=cfg.seed + 11)
+    craft_init, craft_images, check_init, check_images = hold_out(base.init, train, seed=cfg.seed + 11)
+    check = TrainingCheck(base.model, check_init, check_images, attack=cfg.attack, target=cfg.target,
+                          seed=cfg.seed + 11)
     budget = None if cfg.max_collateral is None else CollateralBudget(
         check, cfg.max_collateral, start_set, num_classes=train.num_classes, attack=cfg.attack, target=cfg.target)
     objective = ClassificationObjective(
-        base.model, base.init, RealBatches(train.images, train.labels, cfg.batch_size, base.device),
+        base.model, craft_init, RealBatches(craft_images.images, craft_images.labels, cfg.batch_size, base.device),
         relabel=outer_targets(cfg, train.num_classes, budget),
     )
     quick = test.subset(torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:2000])

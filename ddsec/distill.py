@@ -294,7 +294,7 @@ def optimize(
     cfg = job.cfg
     replan = None if cfg.iterations is not None else planner(cfg.budget, cfg.decay_fraction, cfg.decay_every)
     return distill(
-        objective, synthetic, iterations=cfg.iterations, replan=replan, n_models=distinct_draws(job.init, cfg.n_models), lr=cfg.lr,
+        objective, synthetic, iterations=cfg.iterations, replan=replan, n_models=distinct_draws(objective.init, cfg.n_models), lr=cfg.lr,
         lr_step_sizes=cfg.lr_step_sizes, lr_momenta=cfg.lr_momenta, decay_every=cfg.decay_every, decay_factor=cfg.decay_factor, mode=cfg.mode,
         keep_graphs=cfg.keep_graphs, theta_every=cfg.theta_every, seed=cfg.seed, checkpoint_path=checkpoint_path, resume=resume,
         checkpoint_seconds=checkpoint_seconds, fingerprint=job.fingerprint, constraint=constraint,
