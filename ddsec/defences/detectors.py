@@ -15,7 +15,7 @@ usual implementation applies) for the TP/FP/FN/TN counts.
 - :class:`LossScore`, :class:`GradientNorm`, :class:`GradientMisalignment` — the per-sample loss,
   gradient norm and (one minus) the cosine with the class's mean gradient direction; a one-step poison must
   move a trained model far, so it needs an outsized, unusual gradient. Flags a robust z-score
-  above 3.5 (median and MAD, Iglewicz and Hoaglin).
+  above 3.5 (median and MAD, Iglewicz and Hoaglin; of the logarithm for the loss and the norm).
 - :class:`PixelStatistics` — values outside ``[0, 1]``, the share of values off the 8-bit grid, and
   the distance of an image's 8-bit histogram from the whole set's; flags any value outside, or a
   robust z-score above 3.5 of either share (a set whose images are all off the grid flags none
@@ -137,11 +137,13 @@ class DeepKNN:
 
 @dataclass(frozen=True)
 class _RobustOutlier:
-    """A per-sample statistic (:meth:`score`) flagged above a robust z-score of 3.5."""
+    """A positive per-sample statistic (:meth:`score`) flagged where the robust z-score of its
+    logarithm exceeds 3.5 (losses and gradient norms of a trained model span orders of magnitude:
+    on the raw values the MAD is tiny and a quarter of the clean samples would be flagged)."""
 
     def detect(self, probe: ModelProbe) -> tuple[Tensor, Tensor]:
         scores = self.score(probe).float()
-        return scores, robust_z(scores) > ROBUST_Z
+        return scores, robust_z(scores.clamp_min(1e-12).log()) > ROBUST_Z
 
 
 @dataclass(frozen=True)
@@ -167,14 +169,16 @@ class GradientNorm(_RobustOutlier):
 
 
 @dataclass(frozen=True)
-class GradientMisalignment(_RobustOutlier):
-    """One minus the cosine between a sample's gradient and its class's mean gradient direction."""
+class GradientMisalignment:
+    """One minus the cosine between a sample's gradient and its class's mean gradient direction,
+    flagged above a robust z-score of 3.5."""
 
     name: str = "gradient-alignment"
     needs_model: bool = True
 
-    def score(self, probe: ModelProbe) -> Tensor:
-        return 1 - probe.gradient_cosines.cpu()
+    def detect(self, probe: ModelProbe) -> tuple[Tensor, Tensor]:
+        scores = (1 - probe.gradient_cosines.cpu()).float()
+        return scores, robust_z(scores) > ROBUST_Z
 
 
 @dataclass(frozen=True)
