@@ -169,7 +169,8 @@ def screen(
     reports = [DetectorReport(d.name, tpr={f: [] for f in fprs}) for d in detectors]
     verdicts = {}  # detectors that need no model score once
     predictions: dict[str, list[Tensor]] = {"before": [], "no filter": [], "perfect filter": []}
-    clean_keep = torch.zeros(poison.images.shape[:2].numel(), dtype=torch.bool)
+    none_kept = torch.zeros(poison.images.shape[:2].numel(), dtype=torch.bool)  # a perfect filter's keep mask
+
     def predict(trained: Params) -> Tensor:
         return population_predictions(model, trained, test.images)[0]
 
@@ -177,8 +178,8 @@ def screen(
         one = select(params, torch.tensor([m], device=device))
         probe = ModelProbe(model, select(params, m), data.images.to(device), data.labels.to(device), layer=layer)
         predictions["before"].append(predict(one))
-        predictions["no filter"].append(predict(train_victim(model, one, poison, ~clean_keep, victim, data.clean, seed)))
-        predictions["perfect filter"].append(predict(train_victim(model, one, poison, clean_keep, victim, data.clean,
+        predictions["no filter"].append(predict(train_victim(model, one, poison, ~none_kept, victim, data.clean, seed)))
+        predictions["perfect filter"].append(predict(train_victim(model, one, poison, none_kept, victim, data.clean,
                                                                   seed)))
         for detector, report in zip(detectors, reports):
             if detector.needs_model or detector.name not in verdicts:
