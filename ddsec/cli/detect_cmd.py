@@ -67,7 +67,7 @@ def detect(
         dset, job = prepare_from_file(file, data_dir=data_dir, zoo=zoo, device=device,
                                       heldout_population=heldout_population)
     base, cfg = job.base, job.cfg
-    feature_module(base.model, layer)
+    feature_module(base.model, layer, flag="--layer")
     models, note = heldout_count(models, base.heldout, flag="--models")
     print_notes([] if note is None else [note])
     poison = SyntheticSet.from_lrs(dset.images.to(base.device), dset.labels.to(base.device), dset.lrs.to(base.device),

@@ -9,7 +9,7 @@ data, models, evaluation and export of ``ddsec distill`` and are run by
 ``ddsec distill --method dc|dsa|dm``.
 
 Modules: :mod:`~ddsec.condense.augment` (DSA), :mod:`~ddsec.condense.matching` (the two
-distances), :mod:`~ddsec.condense.features` (layer features), :mod:`~ddsec.condense.sampling`
+distances), :mod:`ddsec.features` (layer features, shared), :mod:`~ddsec.condense.sampling`
 (random and k-means real batches), :mod:`~ddsec.condense.gradient_matching` and
 :mod:`~ddsec.condense.distribution_matching` (one outer iteration each),
 :mod:`~ddsec.condense.loop` and :mod:`~ddsec.condense.checkpoint` (the resumable loop),

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 
 from ddsec.budget import parse_duration
 from ddsec.condense.augment import DC_AUGMENTATION, default_strategy, evaluation_augment, parse_strategy
-from ddsec.condense.features import PENULTIMATE
+from ddsec.features import PENULTIMATE
 from ddsec.condense.gradient_matching import default_loops
 from ddsec.errors import DDSecError
 

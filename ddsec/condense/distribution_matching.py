@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from ddsec.condense.checkpoint import ImageState
-from ddsec.condense.features import PENULTIMATE, features
+from ddsec.features import PENULTIMATE, features
 from ddsec.condense.loop import Step
 from ddsec.condense.matching import embedding_distance
 from ddsec.condense.problem import Matching

@@ -22,7 +22,7 @@ from ddsec.budget import planner
 from ddsec.baselines import real_images_per_class
 from ddsec.condense.config import CondenseConfig
 from ddsec.condense.distribution_matching import distribution_matching_step
-from ddsec.condense.features import check_layer, features
+from ddsec.features import check_layer, features
 from ddsec.condense.gradient_matching import gradient_matching_step
 from ddsec.condense.loop import CondenseProgress, ImageSGD, Step, condense
 from ddsec.condense.problem import Matching

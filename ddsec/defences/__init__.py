@@ -10,8 +10,9 @@ The engine never imports this package.
 
 from ddsec.defences.detectors import DETECTOR_NAMES, detector_names, make_detectors, robust_z
 from ddsec.defences.metrics import auroc, check_fpr, confusion, operating_point, roc_points
-from ddsec.defences.probe import PENULTIMATE, ModelProbe, feature_module
+from ddsec.defences.probe import ModelProbe
 from ddsec.defences.screening import FILTER_FPR, InjectedData, Screening, inject, screen, train_victim
+from ddsec.features import PENULTIMATE, feature_module
 
 __all__ = [
     "DETECTOR_NAMES", "FILTER_FPR", "PENULTIMATE", "InjectedData", "ModelProbe", "Screening", "auroc", "check_fpr",

@@ -19,13 +19,13 @@ import importlib.util
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from ddsec.defences.detectors import ActivationClustering
-from ddsec.defences.probe import PENULTIMATE, ModelProbe, feature_module
+from ddsec.defences.probe import ModelProbe
 from ddsec.defences.screening import InjectedData
 from ddsec.engine.population import Params, population_size, select
 from ddsec.errors import DDSecError
+from ddsec.features import PENULTIMATE, feature_module, features
 
 SHARED = ("spectral", "activation-clustering")
 
@@ -36,16 +36,9 @@ class _Penultimate(nn.Module):
     def __init__(self, model: nn.Module, params: dict[str, Tensor]) -> None:
         super().__init__()
         self.model, self.params = model, params
-        self.head, _ = feature_module(model, PENULTIMATE)
 
     def forward(self, x: Tensor) -> Tensor:
-        captured = []
-        hook = self.head.register_forward_pre_hook(lambda _module, inputs: captured.append(inputs[0]))
-        try:
-            functional_call(self.model, self.params, (x,))
-        finally:
-            hook.remove()
-        return captured[-1]
+        return features(self.model, self.params, x)
 
 
 class _FeaturesLast(nn.Module):
@@ -54,7 +47,8 @@ class _FeaturesLast(nn.Module):
     def __init__(self, model: nn.Module, params: dict[str, Tensor]) -> None:
         super().__init__()
         self.features = _Penultimate(model, params)
-        name = next(n for n, m in model.named_modules() if m is self.features.head)
+        head, _ = feature_module(model, PENULTIMATE)
+        name = next(n for n, m in model.named_modules() if m is head)
         self.weight, self.bias = params[f"{name}.weight"], params.get(f"{name}.bias")
 
     def forward(self, x: Tensor) -> Tensor:

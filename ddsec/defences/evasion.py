@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from ddsec.defences.probe import PENULTIMATE, feature_module
 from ddsec.engine.population import Params, population_size, select
 from ddsec.errors import DDSecError
+from ddsec.features import PENULTIMATE, feature_module
 
 FEATURE_SCORES = ("spectral", "activation-clustering", "knn")
 EVADABLE = ("loss", "gradient-norm", "gradient-alignment", *FEATURE_SCORES)

@@ -16,32 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from ddsec.errors import DDSecError
-
-PENULTIMATE = "penultimate"
-
-
-def feature_module(model: nn.Module, layer: str) -> tuple[nn.Module, bool]:
-    """The module whose activations are a sample's features, and whether they are its *input*.
-
-    ``layer="penultimate"`` is the input of the model's last ``nn.Linear`` (the representation the
-    classifier reads, as in Tran et al. and Chen et al.); any other name is a module of
-    ``model.named_modules()``, whose output is taken.
-
-    Raises:
-        DDSecError: the model has no module of that name (the line lists some it has).
-    """
-    modules = dict(model.named_modules())
-    if layer == PENULTIMATE:
-        linears = [m for m in modules.values() if isinstance(m, nn.Linear)]
-        if not linears:
-            raise DDSecError(f"{type(model).__name__} has no linear layer; name a layer with --layer")
-        return linears[-1], True
-    if layer not in modules or not layer:
-        names = ", ".join(name for name in list(modules)[1:9])
-        raise DDSecError(f"the model has no layer {layer!r}; use {PENULTIMATE!r} or one of: {names}, …")
-    return modules[layer], False
-
+from ddsec.features import PENULTIMATE, feature_module
 
 class ModelProbe:
     """One model's view of ``N`` labelled samples.
@@ -50,7 +25,7 @@ class ModelProbe:
         model: the architecture (eval mode); its own parameters are not used.
         params: one model's parameters (unstacked), on the samples' device.
         images: float ``[N, C, H, W]`` normalised samples; labels: int64 ``[N]`` their given labels.
-        layer: where features are read (see :func:`feature_module`).
+        layer: where features are read (see :func:`ddsec.features.feature_module`); a 4-d output is flattened.
         chunk: samples per batched call.
     """
 
@@ -70,7 +45,7 @@ class ModelProbe:
     @cached_property
     def features(self) -> Tensor:
         """float ``[N, D]`` activations at ``layer``, flattened."""
-        module, as_input = feature_module(self.model, self.layer)
+        module, as_input = feature_module(self.model, self.layer, flag="--layer")
         captured: list[Tensor] = []
 
         def keep(_module, inputs, output=None) -> None:

@@ -23,10 +23,11 @@ from ddsec.attacks.metrics import AttackMetrics, attack_metrics
 from ddsec.attacks.victims import Victim
 from ddsec.data import ImageDataset
 from ddsec.defences.metrics import auroc, confusion, operating_point
-from ddsec.defences.probe import PENULTIMATE, ModelProbe
+from ddsec.defences.probe import ModelProbe
 from ddsec.engine import SyntheticSet, population_forward, unroll
 from ddsec.engine.population import Params, select
 from ddsec.errors import DDSecError
+from ddsec.features import PENULTIMATE
 from ddsec.evaluate import population_predictions
 
 FILTER_FPR = 0.05

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ddsec.condense.features import features, layer_names
+from ddsec.features import features, layer_names
 from ddsec.condense.matching import embedding_distance, gradient_distance
 from ddsec.condense.sampling import ClusterBatches, RandomBatches, cached_clusters, kmeans_clusters
 from ddsec.errors import DDSecError

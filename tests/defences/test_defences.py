@@ -138,7 +138,7 @@ def test_detect_cli_reports_every_detector_and_writes_the_roc(digits_mlp_attack,
 
 @pytest.mark.parametrize("args, message", [
     (["--fpr", "1.5"], "strictly between 0 and 1"),
-    (["--layer", "fc9"], "the model has no layer 'fc9'"),
+    (["--layer", "fc9"], "unknown --layer 'fc9'"),
     (["--detector", "magic"], "unknown detector 'magic'"),
     (["--clean-size", "0"], "--clean-size must lie in 1"),
 ])

@@ -2,8 +2,9 @@
 
 Distribution matching (Zhao and Bilen, arXiv 2110.04181) matches mean embeddings taken just
 before the classifier; batch sampling clusters pooled features of a chosen layer of a
-pretrained network. Both read a layer's output here: ``"penultimate"`` is the input of the
-model's last ``nn.Linear``, any other name is a module of ``model.named_modules()``.
+pretrained network; the poison detectors of :mod:`ddsec.defences` read a layer's activations.
+All name a layer the same way: ``"penultimate"`` is the input of the model's last
+``nn.Linear``, any other name is a module of ``model.named_modules()``.
 """
 
 from __future__ import annotations
@@ -23,8 +24,12 @@ def layer_names(model: nn.Module) -> list[str]:
     return [PENULTIMATE, *(name for name, _ in model.named_modules() if name)]
 
 
-def _module(model: nn.Module, layer: str) -> tuple[nn.Module, bool]:
-    """The hooked module and whether its *input* (``True``) or output is the feature."""
+def feature_module(model: nn.Module, layer: str, flag: str = "--feature-layer") -> tuple[nn.Module, bool]:
+    """The hooked module and whether its *input* (``True``) or output is the feature.
+
+    Raises:
+        DDSecError: no such layer (``flag`` is the option named in the one-line message).
+    """
     if layer == PENULTIMATE:
         linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
         if not linears:
@@ -33,14 +38,14 @@ def _module(model: nn.Module, layer: str) -> tuple[nn.Module, bool]:
     modules = dict(model.named_modules())
     if not layer or layer not in modules:
         names = layer_names(model)
-        raise DDSecError(f"unknown --feature-layer {layer!r} for {type(model).__name__}; choose one of"
+        raise DDSecError(f"unknown {flag} {layer!r} for {type(model).__name__}; choose one of"
                          f" {', '.join(names[:12])}{' …' if len(names) > 12 else ''}")
     return modules[layer], False
 
 
 def check_layer(model: nn.Module, layer: str) -> None:
     """Raise :class:`DDSecError` unless ``layer`` names a layer of ``model``."""
-    _module(model, layer)
+    feature_module(model, layer)
 
 
 def features(model: nn.Module, params: Mapping[str, Tensor], images: Tensor, layer: str = PENULTIMATE) -> Tensor:
@@ -55,7 +60,7 @@ def features(model: nn.Module, params: Mapping[str, Tensor], images: Tensor, lay
     Returns:
         ``[B, D]``: a 4-d output ``[B, D, h, w]`` is averaged over ``h, w``; others are flattened.
     """
-    module, take_input = _module(model, layer)
+    module, take_input = feature_module(model, layer)
     captured: list[Tensor] = []
     if take_input:
         handle = module.register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
