@@ -156,8 +156,8 @@ class PoisonOutcome:
     """The exported batch, its evaluation on held-out (and transfer) models, the loss history.
 
     ``crafting`` is what the attacker measured on training-population models (see
-    :class:`~ddsec.attacks.collateral.TrainingCheck`): ``train_asr`` and ``train_collateral`` of the
-    delivered batch, the ``iteration`` that made it, ``max_collateral`` and the final multiplier
+    :class:`~ddsec.attacks.collateral.TrainingCheck`): ``train_asr``, ``train_collateral`` and its
+    one-sided 95 % upper bound ``train_collateral_bound`` of the delivered batch, the ``iteration`` that made it, ``max_collateral`` and the final multiplier
     ``lambda`` (both ``None`` for the paper's fixed objective).
     """
 
@@ -292,7 +292,8 @@ def run_poison(
     chosen = Choice(final, check(final), done) if budget is None else budget.choose(final, done)
     crafting = {"max_collateral": cfg.max_collateral, "lambda": None if budget is None else budget.lam,
                 "iteration": chosen.iteration, "train_asr": chosen.measurement.asr,
-                "train_collateral": chosen.measurement.collateral}
+                "train_collateral": chosen.measurement.collateral,
+                "train_collateral_bound": chosen.measurement.collateral_bound}
     kwargs = dict(attack=cfg.attack, target=cfg.target, n_models=cfg.eval_models, seed=cfg.seed + 1_000_003)
     evaluation = evaluate_attack(base.model, base.heldout, chosen.synthetic, test, **kwargs)
     transfer = None if job.transfer is None else evaluate_attack(job.transfer[0], job.transfer[1], chosen.synthetic,

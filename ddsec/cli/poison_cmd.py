@@ -202,7 +202,8 @@ def _objective(max_collateral: str | None, attack_weight: float | None) -> tuple
 
 def _objective_line(crafting: dict, attack_weight: float) -> str:
     """The objective and what crafting measured on training-population models, in one line."""
-    measured = (f"training check: other classes {points(crafting['train_collateral'])} points, attack success"
+    measured = (f"training check: other classes {points(crafting['train_collateral'])} points (95 % bound"
+                f" {points(crafting['train_collateral_bound'])}), attack success"
                 f" {percent(crafting['train_asr'])}")
     if crafting["max_collateral"] is None:
         return f"the paper's, attack weight {attack_weight:g}; {measured}"

@@ -26,10 +26,10 @@ def config(zoo, **kwargs) -> PoisonConfig:
 
 
 class Scripted:
-    """A check that returns the given measurements in turn."""
+    """A check that returns the given measurements ``(asr, collateral[, its bound])`` in turn."""
 
-    def __init__(self, *measurements: tuple[float, float]) -> None:
-        self.left = [Measurement(*m) for m in measurements]
+    def __init__(self, *measurements: tuple[float, ...]) -> None:
+        self.left = [Measurement(*m) if len(m) == 3 else Measurement(*m, m[1]) for m in measurements]
 
     def __call__(self, synthetic: SyntheticSet) -> Measurement:
         return self.left.pop(0)
@@ -64,10 +64,25 @@ def test_the_kept_iterate_is_the_strongest_within_budget_and_survives_a_state_ro
     copy = CollateralBudget(Scripted((0.8, 0.05)), 0.03, tiny_set(0.0), num_classes=2, attack=0, target=1)
     copy.load_state_dict({k: v.clone() for k, v in budget.state_dict().items()})
     chosen = copy.choose(tiny_set(4.0), 40)  # the final set is stronger but over budget
-    assert chosen.iteration == 3 * CHECK_EVERY and chosen.measurement == Measurement(0.7, 0.03)
+    assert chosen.iteration == 3 * CHECK_EVERY and chosen.measurement == Measurement(0.7, 0.03, 0.03)
     assert torch.equal(chosen.synthetic.images, tiny_set(3.0).images) and copy.lam == pytest.approx(budget.lam)
     fresh = CollateralBudget(Scripted((0.1, 0.5)), 0.03, tiny_set(0.0), num_classes=2, attack=0, target=1)
     assert fresh.choose(tiny_set(4.0), 40).iteration == 40  # none within budget: the final set, as measured
+
+
+def test_the_budget_holds_the_upper_bound_of_the_collateral_not_its_mean():
+    measured = Measurement.of_models(torch.tensor([0.8, 0.9, 1.0, 0.9]), torch.tensor([0.01, 0.03, 0.02, 0.04]))
+    spread = torch.tensor([0.01, 0.03, 0.02, 0.04]).std().item() / 2
+    assert measured.asr == pytest.approx(0.9) and measured.collateral == pytest.approx(0.025)
+    assert measured.collateral_bound == pytest.approx(0.025 + 1.645 * spread)
+    budget = CollateralBudget(Scripted((0.9, 0.025, measured.collateral_bound), (0.5, 0.01, 0.02)), 0.03,
+                              tiny_set(0.0), num_classes=2, attack=0, target=1)
+    budget.update(CHECK_EVERY, tiny_set(1.0))      # the mean is within budget, the bound is not: λ grows
+    assert budget.lam > 1.0
+    budget.update(2 * CHECK_EVERY, tiny_set(2.0))
+    assert float(budget.state["best_asr"]) == 0.5  # the stronger set's bound was over budget: not kept
+    with pytest.raises(DDSecError, match="lacks best_collateral_bound"):
+        budget.load_state_dict({k: v for k, v in budget.state_dict().items() if k != "best_collateral_bound"})
 
 
 def test_targets_weigh_class_k_against_the_others_by_lambda():
