@@ -137,3 +137,18 @@ def test_condense_cli_plans_its_budget_into_the_metadata(tmp_path):
     config = load_distilled(out).meta.config
     assert config["budget"] == "2s" and config["iterations"] is None
     assert config["plan"]["iterations"] == json.loads(result.stdout.strip().splitlines()[-1])["iterations"] > 4
+
+
+def test_recipes_fill_what_was_not_given_and_say_so():
+    from ddsec.cli.options import with_recipe
+
+    settings, notes = with_recipe("poison", "mnist", dict(iterations=None, budget=None, decay_fraction=None), 200)
+    assert settings == {"iterations": None, "budget": "5m"}
+    assert len(notes) == 1 and notes[0].startswith("recipe for mnist: budget=5m (RESULTS")
+    given = dict(iterations=None, budget="90s", lr=None, momentum=0.0, keep_graphs=None, decay_fraction=None,
+                 lr_step_sizes=None, lr_momenta=None)
+    settings, notes = with_recipe("distill", "mnist", given, 40)
+    assert settings["budget"] == "90s" and settings["momentum"] == 0.0 and settings["lr"] == 0.05
+    assert "budget=" not in notes[0] and "momentum=" not in notes[0]
+    settings, notes = with_recipe("poison", "digits", dict(iterations=None, budget=None, decay_fraction=None), 200)
+    assert settings == {"iterations": 200, "budget": None} and notes == []

@@ -24,7 +24,6 @@ from ddsec.cli.render import (
 from ddsec.distill import DistillConfig as D
 from ddsec.distill import prepare_distill, run_distill
 from ddsec.export import save_distilled
-from ddsec.recipes import recipe_for
 
 
 
@@ -123,13 +122,8 @@ def distill(
     model = model or D.model
     given = dict(iterations=iterations, budget=budget, decay_fraction=decay_fraction, lr=lr, lr_step_sizes=lr_step_sizes,
                  keep_graphs=keep_graphs, momentum=momentum, lr_momenta=lr_momenta)
-    recipe = recipe_for("distill", dataset)  # fills what was not given
-    iterations, budget, notes = O.iterations_or_budget(iterations, budget, recipe.settings.get("iterations", D.iterations),
-                                                       recipe.settings.get("budget"))
-    settings = {k: recipe.settings.get(k) if v is None else v for k, v in given.items()}
-    settings = {k: v for k, v in settings.items() if v is not None} | {"iterations": iterations, "budget": budget}
-    used = {k: v for k, v in recipe.settings.items() if settings.get(k) == v and given.get(k) is None}
-    notes += [f"recipe for {dataset}: {', '.join(f'{k}={v}' for k, v in used.items())} ({recipe.source})"] if used else []
+    settings, notes = O.with_recipe("distill", dataset, given, D.iterations)
+    iterations = settings["iterations"]
     every = O.eval_interval(eval_every, iterations)
     cfg = D(
         dataset=dataset, data_dir=data_dir, download=download, model=model, steps=steps, epochs=epochs, ipc=ipc, init=init,

@@ -13,6 +13,7 @@ import typer
 from ddsec.distill import DistillConfig
 from ddsec.engine import DEFAULT_CHECKPOINT_SECONDS, require_checkpoint
 from ddsec.errors import DDSecError
+from ddsec.recipes import recipe_for
 
 DATA_DIR = typer.Option(None, help="Data root (default $DDSEC_DATA, else ~/.cache/ddsec/data); for imagefolder, the tree.")
 DOWNLOAD = typer.Option(False, help="Fetch a missing MNIST/USPS/SVHN/CIFAR-10 with torchvision (needs the internet).")
@@ -108,3 +109,20 @@ def iterations_or_budget(iterations: int | None, budget: str | None, default: in
     if iterations is None and budget is None:
         return (None, default_budget, []) if default_budget is not None else (default, None, [])
     return iterations, budget, []
+
+
+def with_recipe(task: str, dataset: str, given: dict, default_iterations: int) -> tuple[dict, list[str]]:
+    """``(settings, notes)``: the options of ``given`` (``None``: not given; ``iterations`` and
+    ``budget`` among them) with those not given taken from ``task``'s measured recipe for
+    ``dataset`` (:mod:`ddsec.recipes`), and a note naming the recipe's settings used and its source.
+    Options neither given nor in the recipe are left out (the config's defaults apply)."""
+    recipe = recipe_for(task, dataset)
+    iterations, budget, notes = iterations_or_budget(
+        given["iterations"], given["budget"], recipe.settings.get("iterations", default_iterations),
+        recipe.settings.get("budget"))
+    settings = {k: recipe.settings.get(k) if v is None else v for k, v in given.items()}
+    settings = {k: v for k, v in settings.items() if v is not None} | {"iterations": iterations, "budget": budget}
+    used = {k: v for k, v in recipe.settings.items() if settings.get(k) == v and given.get(k) is None}
+    notes += [f"recipe for {dataset}: {', '.join(f'{k}={v}' for k, v in used.items())} ({recipe.source})"] if used else []
+    return settings, notes
+

@@ -49,7 +49,7 @@ def poison(
     weights: Optional[str] = typer.Option(None, help="Weights of the one victim for --init pretrained."),
     zoo: Optional[str] = O.ZOO,
     n_models: int = typer.Option(P.n_models, help="Pretrained models drawn per outer iteration."),
-    iterations: Optional[int] = typer.Option(None, help=f"Outer iterations (default {P.iterations}, or what --budget allows)."),
+    iterations: Optional[int] = typer.Option(None, help=f"Outer iterations (default: the dataset's recipe, else {P.iterations}; or what --budget allows)."),
     budget: Optional[str] = O.BUDGET,
     decay_fraction: Optional[float] = O.DECAY_FRACTION,
     batch_size: int = typer.Option(P.batch_size, help="Real images (labels K→T) per outer iteration."),
@@ -102,12 +102,14 @@ def poison(
                          " and --baseline")
     attack, target = P.attack if attack is None else attack, P.target if target is None else target
     max_collateral, attack_weight = _objective(max_collateral, attack_weight)
-    iterations, budget, notes = O.iterations_or_budget(iterations, budget, P.iterations)
+    settings, notes = O.with_recipe("poison", dataset, dict(iterations=iterations, budget=budget,
+                                                            decay_fraction=decay_fraction), P.iterations)
+    iterations = settings["iterations"]
     cfg = P(
-        budget=budget, decay_fraction=decay_fraction,
+        **settings,
         dataset=dataset, data_dir=data_dir, download=download, model=model, steps=steps, epochs=epochs, ipc=ipc, init=init,
         weights=weights, population=population, heldout_population=heldout, eval_population=eval_population,
-        zoo=zoo, n_models=n_models, iterations=iterations, batch_size=batch_size, lr=lr, lr_step_sizes=lr_step_sizes,
+        zoo=zoo, n_models=n_models, batch_size=batch_size, lr=lr, lr_step_sizes=lr_step_sizes,
         distill_lr=distill_lr, decay_every=decay_every, mode=mode, theta_every=O.theta_every(theta_every),
         image_init=image_init, seed=seed, device=device,
         eval_models=eval_models, attack=attack, target=target, attack_weight=attack_weight,
