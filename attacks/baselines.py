@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from ddsec.attacks.metrics import AttackResult, evaluate_attack
 from ddsec.data import ImageDataset
+from ddsec.data.summaries import kmeans
 from ddsec.engine import InitDistribution, SyntheticSet
 from ddsec.errors import DDSecError
 
@@ -55,10 +56,7 @@ def flip_images(kind: str, train: ImageDataset, attack: int, count: int, seed: i
     if kind == "flip-average":
         return pool.mean(0).expand(count, *pool.shape[1:]).clone()
     if kind == "flip-kmeans":
-        from sklearn.cluster import KMeans
-
-        centers = KMeans(n_clusters=count, n_init=3, random_state=seed).fit(pool.flatten(1).double().numpy())
-        return torch.from_numpy(centers.cluster_centers_).float().view(count, *pool.shape[1:])
+        return kmeans(pool.flatten(1), count, seed=seed)[0].view(count, *pool.shape[1:])
     raise DDSecError(f"unknown baseline {kind!r}; choose from {', '.join(FLIP_KINDS)}")
 
 

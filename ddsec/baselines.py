@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from ddsec.data import ImageDataset
+from ddsec.data.summaries import average_images, kmeans_images, real_images_per_class
 from ddsec.engine import FIXED_KINDS, InitDistribution, SyntheticSet, class_major_labels
 from ddsec.errors import DDSecError
 from ddsec.evaluate import EvalResult, evaluate_synthetic, heldout_count
@@ -110,56 +111,6 @@ def _generator(seed: int, stream: int, index: int = 0) -> torch.Generator:
     """A CPU generator for draw ``index`` of random stream ``stream``, well mixed from ``seed``."""
     state = np.random.SeedSequence([seed, stream, index]).generate_state(1, dtype=np.uint64)[0]
     return torch.Generator().manual_seed(int(state) >> 1)
-
-
-def _class_index(data: ImageDataset, c: int, need: int) -> Tensor:
-    """Indices ``[n]`` of class ``c``'s training images; at least ``need`` of them."""
-    index = (data.labels == c).nonzero().flatten()
-    if index.numel() < need:
-        raise DDSecError(f"class {c} of {data.name} has {index.numel()} training images, fewer than"
-                         f" steps × ipc = {need}; lower --steps or --ipc, or use --image-init noise")
-    return index
-
-
-def _layout(per_class: Sequence[Tensor], steps: int, ipc: int) -> Tensor:
-    """Per-class stacks ``[S·ipc, C, H, W]`` → a synthetic layout ``[S, classes·ipc, C, H, W]``, class-major."""
-    return torch.cat([x.reshape(steps, ipc, *x.shape[1:]) for x in per_class], dim=1)
-
-
-def real_images_per_class(data: ImageDataset, ipc: int, steps: int, generator: torch.Generator) -> Tensor:
-    """Random real images laid out like a synthetic set: float ``[S, classes·ipc, C, H, W]``, class-major.
-
-    Raises:
-        DDSecError: a class has fewer than ``ipc·steps`` training images.
-    """
-    per_class = []
-    for c in range(data.num_classes):
-        index = _class_index(data, c, ipc * steps)
-        per_class.append(data.images[index[torch.randperm(index.numel(), generator=generator)[: ipc * steps]]])
-    return _layout(per_class, steps, ipc)
-
-
-def kmeans_images(data: ImageDataset, ipc: int, steps: int, *, seed: int, n_init: int = 3) -> Tensor:
-    """Per class, the k-means centroids (``k = ipc·S``) of its flattened normalised training images.
-
-    Returns:
-        float32 ``[S, classes·ipc, C, H, W]``, class-major; centroids in k-means' own order.
-    """
-    from sklearn.cluster import KMeans  # heavy import, only needed here and for k-NN
-
-    per_class = []
-    for c in range(data.num_classes):
-        x = data.images[_class_index(data, c, ipc * steps)].flatten(1).double().numpy()
-        centers = KMeans(n_clusters=ipc * steps, n_init=n_init, random_state=seed).fit(x).cluster_centers_
-        per_class.append(torch.from_numpy(centers).float().view(-1, *data.image_shape))
-    return _layout(per_class, steps, ipc)
-
-
-def average_images(data: ImageDataset, ipc: int, steps: int) -> Tensor:
-    """Per class, the mean training image in all ``ipc`` slots of every step: ``[S, classes·ipc, C, H, W]``."""
-    per_class = [data.images[_class_index(data, c, 1)].mean(0).expand(ipc * steps, *data.image_shape)
-                 for c in range(data.num_classes)]
-    return _layout(per_class, steps, ipc)
 
 
 def knn_accuracy(images: Tensor, labels: Tensor, test: ImageDataset) -> float:

@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ddsec.baselines import average_images, kmeans_images, real_images_per_class
 from ddsec.budget import parse_duration, planner
 from ddsec.data import ImageDataset, load_dataset
+from ddsec.data.summaries import average_images, kmeans_images, real_images_per_class
 from ddsec.engine import (
     FIXED_KINDS,
     INIT_SCHEMES,

@@ -5,15 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ddsec.baselines import (
-    BASELINES,
-    average_images,
-    check_kinds,
-    kmeans_images,
-    real_images_per_class,
-    run_baseline,
-)
+from ddsec.baselines import BASELINES, check_kinds, run_baseline
 from ddsec.data import load_dataset
+from ddsec.data.summaries import average_images, kmeans_images, real_images_per_class
 from ddsec.distill import build_model
 from ddsec.engine import FixedInit, RandomInit, class_major_labels
 from ddsec.errors import DDSecError

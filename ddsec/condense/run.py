@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ddsec.budget import planner
-from ddsec.baselines import real_images_per_class
+from ddsec.data.summaries import real_images_per_class
 from ddsec.condense.config import CondenseConfig
 from ddsec.condense.distribution_matching import distribution_matching_step
 from ddsec.features import check_layer, features

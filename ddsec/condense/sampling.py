@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from ddsec._io import atomic_path
+from ddsec.data.summaries import kmeans
 
 
 class BatchSampler(Protocol):
@@ -95,16 +96,12 @@ def kmeans_clusters(features: Tensor, labels: Tensor, num_classes: int, clusters
         clusters: ``k`` per class (capped at the class size).
         seed: k-means' ``random_state``.
     """
-    from sklearn.cluster import KMeans  # heavy import, only needed here
-
     assignment = torch.zeros(labels.shape[0], dtype=torch.int64)
     for c in range(num_classes):
         index = (labels == c).nonzero().flatten()
         if index.numel() == 0:
             continue
-        x = features[index].double().cpu().numpy()
-        k = min(clusters, index.numel())
-        assignment[index] = torch.from_numpy(KMeans(n_clusters=k, n_init=3, random_state=seed).fit_predict(x)).long()
+        assignment[index] = kmeans(features[index], min(clusters, index.numel()), seed=seed)[1]
     return assignment
 
 
