@@ -54,13 +54,13 @@ from ddsec.errors import DDSecError
 from ddsec.engine import InitDistribution, PopulationInit, SyntheticSet
 from ddsec.engine.population import select
 
-CHECK_EVERY = 10
+CHECK_EVERY = 20
 """Outer iterations between two measurements of the dual player."""
 CHECK_MODELS = 16
 """Training-population models in a measurement (the same ones every time)."""
 Z_UPPER = 1.645
 """One-sided 95 % normal quantile: the collateral bound is ``mean + Z_UPPER·std/√n`` over models."""
-CHECK_IMAGES = 2000
+CHECK_IMAGES = 1000
 """Training images in a measurement (a fixed random subset)."""
 DUAL_STEP = 0.3
 """``η``: one measurement moves ``λ`` by a factor ``e^0.3 ≈ 1.35`` at most."""
@@ -160,6 +160,7 @@ class CollateralBudget:
         if not 0 < budget < 1:
             raise ValueError(f"a collateral budget is a fraction in (0, 1), got {budget}")
         self.check, self.budget, self.num_classes, self.attack, self.target = check, budget, num_classes, attack, target
+        self.period = CHECK_EVERY
         device = start.images.device
 
         def scalar(value: float, dtype: torch.dtype = torch.float64) -> Tensor:

@@ -61,6 +61,35 @@ def test_a_budgeted_run_fills_its_budget_within_20_percent():
     assert result.plan["decay_every"] == round(0.5 * result.plan["iterations"])
 
 
+class CostlyDual:
+    """A dual player that spends 0.3 s every 5 iterations, like a collateral check."""
+
+    period = 5
+
+    def __init__(self) -> None:
+        self.state = {"updated_at": torch.zeros((), dtype=torch.int64)}
+
+    def update(self, iteration: int, synthetic: SyntheticSet) -> None:
+        if iteration % self.period == 0 and iteration != int(self.state["updated_at"]):
+            time.sleep(0.3)
+            self.state["updated_at"].fill_(iteration)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.state
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.state["updated_at"].copy_(state["updated_at"])
+
+
+def test_a_budget_counts_the_cost_of_a_dual_players_updates():
+    """Timed over 3 iterations only, the plan would miss the 0.3 s every 5 and overrun by half."""
+    began = time.perf_counter()
+    result = distill(tiny_objective(), start(), iterations=None, replan=planner("3s", None), on_progress=slow,
+                     dual=CostlyDual())
+    elapsed = time.perf_counter() - began
+    assert 0.8 * 3.0 <= elapsed <= 1.2 * 3.0, (elapsed, result.plan)
+
+
 def test_resume_keeps_the_iteration_count_of_the_first_start(tmp_path):
     ckpt = tmp_path / "run.ckpt"
 

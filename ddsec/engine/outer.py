@@ -78,6 +78,10 @@ class Dual(Protocol):
     ``iteration``: the player must then change nothing (it keeps where it last updated in its state).
     """
 
+    period: int
+    """Outer iterations between two updates that do real work (e.g. measure the set): a time
+    budget's timing spans one whole period, so that the plan counts their cost."""
+
     def update(self, iteration: int, synthetic: SyntheticSet) -> None:
         """Adjust the state after ``iteration`` completed iterations; ``synthetic`` is the set as
         delivered (live tensors: copy before keeping)."""
@@ -219,7 +223,7 @@ def distill(
             mean of ``probe`` iterations after the first) and returning ``(iterations,
             decay_every)``, which replace the given ones; kept in checkpoints, so a resumed run
             keeps the plan of its first start.
-        probe: iterations timed before ``replan``.
+        probe: iterations timed before ``replan`` (at least the ``dual``'s period).
         seed: seeds the generator behind every sample (θ0 draws and real batches).
         checkpoint_path: where to write checkpoints; ``None`` disables them.
         checkpoint_every: iterations between checkpoints.
@@ -300,6 +304,8 @@ def distill(
         if plan:
             iterations, decay_every = plan["iterations"], plan["decay_every"]
 
+    if dual is not None:
+        probe = max(probe, dual.period)
     if iterations is None:  # provisional, until the plan is made after the first timed iterations
         iterations = start + probe + 2
 

@@ -117,6 +117,8 @@ class DiesOnRankOne:
 class RankDual:
     """A dual player whose update records its rank and iteration: every rank must end with rank 0's state."""
 
+    period = 1
+
     def __init__(self) -> None:
         self.state = {"value": torch.zeros((), dtype=torch.float64)}
 
