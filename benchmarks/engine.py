@@ -12,7 +12,16 @@ models (one for (c)) with ``vmap`` and with a Python ``loop`` (only ``loop`` for
 ``hvp`` keeping every ``θ_t``, ``hvp`` keeping every ``⌈√T⌉``-th (``theta_every="auto"``) and
 ``autograd``, with their peak ratios (``--epochs`` changes ``T`` to see how they scale).
 
-Each configuration runs in a fresh subprocess so that its peak memory is its own: the figure is
+``--only compile``: the compiled back-gradient pass (``compile=True``) on (a), in one process with
+interleaved repeats (every repeat samples one population and runs each variant on it): eager
+and compiled ``hvp`` (vmap), each recomputing ``G_t`` on the way back and keeping it
+(``keep_graphs``), and the reference-style loop (``hvp`` keeping each step's
+graph, the models one after another: one HVP per step, as the original code does); seconds per
+outer iteration, their ratios, the largest relative gradient difference from eager, and the
+compile time of the first call, in this process (a fresh, empty inductor cache) and in a second
+process reading the cache the first wrote.
+
+Each configuration of the other parts runs in a fresh subprocess so that its peak memory is its own: the figure is
 the rise of the process's resident-set high-water mark (``ru_maxrss``) over its RSS just before
 the first outer iteration. ``--only memory`` on CPU also reports the peak of live tensor bytes
 (the allocator's, from the profiler's memory events during a second iteration), free of what
@@ -22,6 +31,7 @@ of ``--iters`` iterations after one warm-up.
     python benchmarks/engine.py                 # everything (a few minutes on 2 cores)
     python benchmarks/engine.py --cases a --iters 2
     python benchmarks/engine.py --only memory --iters 1
+    python benchmarks/engine.py --only compile --iters 5
 """
 
 from __future__ import annotations
@@ -30,8 +40,10 @@ import argparse
 import json
 import math
 import resource
+import os
 import subprocess
 import sys
+import tempfile
 import time
 
 CASES = {
@@ -42,6 +54,13 @@ CASES = {
 }
 VARIANTS = [("hvp", False), ("hvp", True), ("autograd", False)]
 MEMORY_VARIANTS = [("hvp", None), ("hvp", "auto"), ("autograd", None)]  # (mode, theta_every) on (b), one model
+COMPILE_VARIANTS = {  # label: meta_grad keywords, on (a)
+    "eager hvp": dict(batching="vmap"),
+    "compiled hvp": dict(batching="vmap", compile=True),
+    "eager kept": dict(batching="vmap", keep_graphs=True),
+    "compiled kept": dict(batching="vmap", compile=True, keep_graphs=True),
+    "reference": dict(batching="loop", keep_graphs=True),
+}
 
 
 def _rss_kib() -> int:
@@ -136,18 +155,102 @@ def memory(args: argparse.Namespace) -> None:
               f" live tensors {hvp['live_mib'] / auto['live_mib']:.2f}, time {hvp['seconds'] / auto['seconds']:.2f}")
 
 
+def _case_a(device: str):
+    """``(model, synthetic, x_real, y_real, p(θ0), generator)`` of case (a)."""
+    import torch
+
+    from ddsec.engine import RandomInit, SyntheticSet
+    from ddsec.models_zoo import create_model
+
+    spec = CASES["a"]
+    gen = torch.Generator().manual_seed(0)
+    model = create_model(spec["model"], num_classes=10, in_chans=spec["shape"][0],
+                         image_size=spec["shape"][1]).eval().to(device)
+    synthetic = SyntheticSet.create(num_classes=10, ipc=spec["ipc"], steps=spec["steps"], epochs=spec["epochs"],
+                                    image_shape=spec["shape"], init_lr=0.01, generator=gen, device=device)
+    x = torch.randn(spec["batch"], *spec["shape"], generator=gen).to(device)
+    y = torch.randint(0, 10, (spec["batch"],), generator=gen).to(device)
+    return model, synthetic, x, y, RandomInit(model, "xavier"), gen
+
+
+def first_compiled_call(models: int, device: str) -> float:
+    """Seconds of the first ``compile=True`` call on (a) in this process (compiling, or reading the cache)."""
+    import torch
+
+    from ddsec.engine import meta_grad
+
+    model, synthetic, x, y, init, gen = _case_a(device)
+    start = time.perf_counter()
+    meta_grad(model, init.sample(models, gen), synthetic, x, y, **COMPILE_VARIANTS["compiled hvp"])
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def compiled(args: argparse.Namespace) -> None:
+    """``--only compile``: eager, compiled and reference-style hvp on (a), interleaved in this process."""
+    import torch
+
+    from ddsec.engine import meta_grads
+
+    spec = CASES["a"]
+    print(f"(a) {spec['model']}, {spec['steps']} steps × {spec['epochs']} epochs × 10 images, real batch"
+          f" {spec['batch']}, float32; inductor cache {os.environ['TORCHINDUCTOR_CACHE_DIR']} (fresh)")
+    cuda = args.device.startswith("cuda")
+    first = first_compiled_call(args.models, args.device)
+    model, synthetic, x, y, init, gen = _case_a(args.device)
+    for keywords in COMPILE_VARIANTS.values():  # warm-up
+        meta_grads(model, init.sample(args.models, gen), synthetic, x, y, **keywords)
+    seconds = {label: [] for label in COMPILE_VARIANTS}
+    worst = {label: 0.0 for label in COMPILE_VARIANTS}
+    for _ in range(args.iters):
+        params = init.sample(args.models, gen)
+        results = {}
+        for label, keywords in COMPILE_VARIANTS.items():
+            start = time.perf_counter()
+            results[label] = meta_grads(model, params, synthetic, x, y, **keywords)
+            if cuda:
+                torch.cuda.synchronize()
+            seconds[label].append(time.perf_counter() - start)
+        for label, result in results.items():
+            for got, want in zip(result[1:3], results["eager hvp"][1:3]):  # images, raw step sizes
+                worst[label] = max(worst[label], float((got - want).abs().max() / want.abs().max()))
+    mean = {label: sum(values) / len(values) for label, values in seconds.items()}
+    print(f"{'variant':<16}{'s/iter':>9}{'max rel diff vs eager':>24}")
+    for label in COMPILE_VARIANTS:
+        print(f"{label:<16}{mean[label]:>9.3f}{worst[label]:>24.1e}")
+    print(f"compiled/eager time {mean['compiled hvp'] / mean['eager hvp']:.2f} (recomputed G_t),"
+          f" {mean['compiled kept'] / mean['eager kept']:.2f} (kept); reference/compiled"
+          f" {mean['reference'] / mean['compiled hvp']:.2f} (recomputed), {mean['reference'] / mean['compiled kept']:.2f}"
+          f" (kept); reference/eager {mean['reference'] / mean['eager hvp']:.2f}")
+    again = subprocess.run(
+        [sys.executable, __file__, "--models", str(args.models), "--device", args.device, "--first-compiled-call"],
+        check=True, capture_output=True, text=True,
+    )
+    cached = float(again.stdout.strip().splitlines()[-1])
+    print(f"first compiled call (compiling included): {first:.1f} s in this process (empty cache),"
+          f" {cached:.1f} s in a second process (reading the cache)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default="ab")
     parser.add_argument("--iters", type=int, default=2)
     parser.add_argument("--models", type=int, default=4)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (peak memory is then GPU memory)")
-    parser.add_argument("--only", choices=["memory"], help="run only this part (memory: the checkpointed hvp on (b))")
+    parser.add_argument("--only", choices=["memory", "compile"],
+                        help="run only this part (memory: the checkpointed hvp on (b); compile: the compiled hvp on (a))")
     parser.add_argument("--epochs", type=int, help="--only memory: epochs of (b) (default 3: T = 30)")
     parser.add_argument("--worker", nargs=4, metavar=("CASE", "MODE", "KEEP", "BATCHING"), help=argparse.SUPPRESS)
     parser.add_argument("--theta-every", help=argparse.SUPPRESS)
     parser.add_argument("--live", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--first-compiled-call", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.first_compiled_call:
+        print(first_compiled_call(args.models, args.device))
+        return
+    if args.only == "compile":  # a fresh cache, so that the first call compiles; the second process reads it
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="ddsec-inductor-")
     if args.worker:
         case, mode, keep, batching = args.worker
         every = args.theta_every if args.theta_every in (None, "auto") else int(args.theta_every)
@@ -162,6 +265,9 @@ def main() -> None:
     print(f"torch {torch.__version__}, {where}, {models} per iteration, {args.iters} timed iterations after 1 warm-up")
     if args.only == "memory":
         memory(args)
+        return
+    if args.only == "compile":
+        compiled(args)
         return
     print(f"{'case':<16}{'mode':<14}{'batching':<9}{'s/iter':>9}{'peak MiB':>10}")
     rows = {}

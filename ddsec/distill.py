@@ -20,6 +20,7 @@ from ddsec.budget import parse_duration, planner
 from ddsec.data import ImageDataset, load_dataset
 from ddsec.data.summaries import average_images, kmeans_images, real_images_per_class
 from ddsec.engine import (
+    COMPILE_CHOICES,
     FIXED_KINDS,
     INIT_SCHEMES,
     MODES,
@@ -40,6 +41,7 @@ from ddsec.engine import (
     SyntheticSet,
     distill,
     distinct_draws,
+    use_compile,
     world,
 )
 from ddsec.engine.population import Params
@@ -97,6 +99,7 @@ class DistillConfig:
     mode: str = "hvp"
     keep_graphs: bool = False
     theta_every: int | str | None = None  # hvp: keep every k-th θ_t ("auto": ⌈√T⌉); None: all (not in the fingerprint)
+    compile: str = "auto"  # hvp: compiled back-gradient pass, on | off | auto (on for CUDA); not in the fingerprint
     image_init: str = "real"
     learn_labels: bool = False
     momentum: float = 0.0  # 0: plain SGD (the paper); > 0: learned inner momentum starting there
@@ -138,6 +141,10 @@ class DistillConfig:
             segment_length(self.theta_every, self.steps * self.epochs)
         except ValueError:
             raise DDSecError(f"--theta-every must be auto or a positive whole number, got {self.theta_every!r}") from None
+        if self.compile not in COMPILE_CHOICES:
+            raise DDSecError(f"--compile must be one of {', '.join(COMPILE_CHOICES)}, got {self.compile!r}")
+        if self.compile == "on" and self.mode != "hvp":
+            raise DDSecError("--compile on applies to --mode hvp only")
         if self.init == "pretrained" and not self.weights:
             raise DDSecError("--init pretrained needs --weights PATH (a .safetensors or .pth state dict)")
         if not 0 <= self.momentum < 1:
@@ -296,7 +303,8 @@ def optimize(
     return distill(
         objective, synthetic, iterations=cfg.iterations, replan=replan, n_models=distinct_draws(objective.init, cfg.n_models), lr=cfg.lr,
         lr_step_sizes=cfg.lr_step_sizes, lr_momenta=cfg.lr_momenta, decay_every=cfg.decay_every, decay_factor=cfg.decay_factor, mode=cfg.mode,
-        keep_graphs=cfg.keep_graphs, theta_every=cfg.theta_every, seed=cfg.seed, checkpoint_path=checkpoint_path, resume=resume,
+        keep_graphs=cfg.keep_graphs, theta_every=cfg.theta_every,
+        compile=cfg.mode == "hvp" and use_compile(cfg.compile, job.device), seed=cfg.seed, checkpoint_path=checkpoint_path, resume=resume,
         checkpoint_seconds=checkpoint_seconds, fingerprint=job.fingerprint, constraint=constraint,
         sample_inner=sample_inner, dual=dual, penalty=penalty,
         on_progress=on_progress,

@@ -7,12 +7,14 @@ interrupted run says how to resume and exits with 130.
 from __future__ import annotations
 
 import signal
+import warnings
 
 import typer
 
 from ddsec import __version__
 from ddsec.cli import adapt_cmd, detect_cmd, distill_cmd, eval_cmd, poison_cmd, show_cmd, stress_cmd, zoo_cmd
-from ddsec.cli.render import err, out
+from ddsec.cli.render import err, out, print_notes
+from ddsec.engine import CompileFallback
 from ddsec.engine.distributed import init_from_env, shutdown
 from ddsec.errors import DDSecError
 
@@ -53,13 +55,25 @@ def _terminate(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # a killed run (SIGTERM) checkpoints and exits like Ctrl-C
 
 
+def _note_fallback(message, category, filename, lineno, file=None, line=None) -> None:
+    """A :class:`~ddsec.engine.CompileFallback` as one note line; other warnings as Python prints them."""
+    if issubclass(category, CompileFallback):
+        print_notes([str(message)])
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
+
+
+_python_showwarning = warnings.showwarning
+
+
 def main() -> None:
     """Console-script entry point; SIGTERM is handled like Ctrl-C (checkpoint, exit 130).
 
     Under ``torchrun`` the process joins the distributed run first; ranks other than 0 print
-    nothing but their own errors.
+    nothing but their own errors. A compile fallback prints one note line.
     """
     signal.signal(signal.SIGTERM, _terminate)
+    warnings.showwarning = _note_fallback
     try:
         here = init_from_env()
     except (DDSecError, RuntimeError, ValueError) as exc:

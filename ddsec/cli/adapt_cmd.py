@@ -52,6 +52,7 @@ def adapt(
     mode: str = O.MODE,
     keep_graphs: bool = O.KEEP_GRAPHS,
     theta_every: Optional[str] = O.THETA_EVERY,
+    compile: str = O.COMPILE,
     learn_labels: bool = O.LEARN_LABELS,
     momentum: float = O.MOMENTUM,
     lr_momenta: Optional[float] = O.LR_MOMENTA,
@@ -96,7 +97,7 @@ def adapt(
         population=population, heldout_population=heldout, weights=weights, zoo=zoo, n_models=n_models,
         iterations=iterations, budget=budget, decay_fraction=decay_fraction, batch_size=batch_size, lr=lr, lr_step_sizes=lr_step_sizes, distill_lr=distill_lr,
         decay_every=decay_every, mode=mode, keep_graphs=keep_graphs,
-        theta_every=O.theta_every(theta_every), learn_labels=learn_labels, momentum=momentum,
+        theta_every=O.theta_every(theta_every), compile=compile, learn_labels=learn_labels, momentum=momentum,
         lr_momenta=lr_momenta, seed=seed, device=device, eval_models=eval_models,
     )
     default = Path("distilled") / f"adapt-{src}-{tgt}-{model}.safetensors"

@@ -26,6 +26,10 @@ THETA_EVERY = typer.Option(None, "--theta-every", metavar="K|auto", help="hvp: k
                            " each segment's steps on the way back: memory O(√T·|θ|) instead of O(T·|θ|), slower, the same"
                            " gradients; auto: K = ⌈√T⌉; 0 (default): keep every θ_t. With --keep-graphs, the current"
                            " segment's graphs are kept. Not a run setting: a resumed run may change it.")
+COMPILE = typer.Option(DistillConfig.compile, "--compile", metavar="auto|on|off", help="hvp: run each inner step's"
+                       " gradient and its back-gradient product as compiled graphs (torch.compile; the first run"
+                       " compiles for a minute or more, later runs read the cache); auto: on for CUDA, off on CPU."
+                       " Not a run setting: a resumed run may change it.")
 SEED = typer.Option(DistillConfig.seed, help="Seed of every random draw.")
 DEVICE = typer.Option(DistillConfig.device, help="auto | cpu | cuda.")
 RESUME = typer.Option(False, help="Continue an interrupted run from its checkpoint.")

@@ -23,8 +23,9 @@ from ddsec.engine.distributions import (
     draw_limit,
 )
 from ddsec.engine.init import INIT_SCHEMES, init_module_, init_tensors
+from ddsec.engine.compiled import COMPILE_CHOICES, use_compile
 from ddsec.engine.inner import SGD, Adam, InnerOptimizer
-from ddsec.engine.metagrad import MODES, MetaGradient, meta_grad, meta_grads
+from ddsec.engine.metagrad import MODES, CompileFallback, MetaGradient, meta_grad, meta_grads
 from ddsec.engine.objective import ClassificationObjective, Objective, RealBatches
 from ddsec.engine.outer import DistillResult, Dual, ImageConstraint, Progress, distill
 from ddsec.engine.schedule import InnerStep, replay, shift_images
@@ -43,12 +44,14 @@ __all__ = [
     "Adam",
     "InnerOptimizer",
     "InnerStep",
+    "COMPILE_CHOICES",
     "DEFAULT_CHECKPOINT_SECONDS",
     "FIXED_KINDS",
     "INIT_SCHEMES",
     "MODES",
     "CheckpointSchedule",
     "ClassificationObjective",
+    "CompileFallback",
     "DistillResult",
     "Dual",
     "FixedInit",
@@ -84,5 +87,6 @@ __all__ = [
     "shift_images",
     "stack_params",
     "unroll",
+    "use_compile",
     "world",
 ]

@@ -24,6 +24,14 @@ nothing more than their ``update``. Memory is ``O(T·(|θ| + |s|))`` plus one st
 and each segment's forward is recomputed on the way back (:mod:`ddsec.engine.segments`): memory
 ``O((T/k + k)·(|θ| + |s|))``, ``O(√T·(|θ| + |s|))`` for ``k = ⌈√T⌉``, the same gradients.
 
+With ``compile=True`` the outer loss's gradient and the per-step work (``G_t`` on the forward
+unroll and on the way back, and the VJP of ``G_t`` with ``Ḡ``) run as compiled ``torch.func``
+graphs (:mod:`ddsec.engine.compiled`); the update's adjoint and the step batches stay eager, so
+every optimizer, plan and learned label works compiled, and ``keep_graphs`` then keeps each
+step's ``G_t`` (detached, ``O(T·|θ|)``) instead of its graph. Where the compiled path cannot serve (``mode="autograd"``, a population run
+with a Python loop, a graph that fails to compile) the call runs eager and says so once with a
+:class:`CompileFallback` warning.
+
 ``autograd``, the reference: plain double-backward through the whole unroll.
 
 Both support populations (a leading model dimension on every parameter tensor): the loss and
@@ -34,6 +42,7 @@ the gradients are then averaged over the models. When the set's labels are learn
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
@@ -41,7 +50,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ddsec.engine.population import Params, is_stacked, population_forward, population_size
+from ddsec.engine.compiled import CompiledStep, compiled_step
+from ddsec.engine.population import Params, is_stacked, population_forward, population_size, resolve_batching
 from ddsec.engine.schedule import InnerStep, replay
 from ddsec.engine.segments import ThetaTape, segment_length
 from ddsec.engine.synthetic import SyntheticSet
@@ -50,6 +60,10 @@ from ddsec.engine.unroll import Forward, expand_targets, inner_grad, leaves
 
 MODES = ("hvp", "autograd")
 LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+class CompileFallback(UserWarning):
+    """``compile=True`` could not be served: this call ran eager (the message says why)."""
 
 
 class MetaGradient(NamedTuple):
@@ -164,6 +178,34 @@ def _outer_adjoint(forward: Forward, names: list[str], theta: tuple[Tensor, ...]
         return loss.detach(), torch.autograd.grad(loss, list(theta_T.values()))
 
 
+def _compiled_mixed(
+    kernels: CompiledStep,
+    names: tuple[str, ...],
+    theta: tuple[Tensor, ...],
+    synthetic: SyntheticSet,
+    images: Tensor,
+    step: InnerStep,
+    grads_adjoint: tuple[Tensor, ...],
+) -> tuple[tuple[Tensor, ...], Tensor | None, Tensor | None]:
+    """``(H_t Ḡ, image term [N, C, H, W] or None, label term [N, K] or None)`` of one step, compiled.
+
+    The kernel differentiates ``G_t`` w.r.t. the step's batch and targets; eager autograd carries
+    those terms back through how the batch was built (clean images, shifts, the labels' softmax)
+    to the step's synthetic images and label logits.
+    """
+    leaf, label_leaf, x, y = _step_batch(synthetic, images, step, True)
+    hvp, x_bar, y_bar = kernels.back(names, theta, x.detach(), y.detach(), grads_adjoint)
+    if leaf is None:
+        return hvp, None, None
+    outputs, cotangents = [x], [x_bar]
+    if label_leaf is not None:
+        outputs.append(y)
+        cotangents.append(y_bar)
+    mixed = torch.autograd.grad(outputs, [v for v in (leaf, label_leaf) if v is not None], cotangents,
+                                allow_unused=True, materialize_grads=True)
+    return hvp, mixed[0], mixed[1] if label_leaf is not None else None
+
+
 def _hvp(
     forward: Forward,
     theta0: Params,
@@ -175,6 +217,7 @@ def _hvp(
     every: int | None,
     optimizer: InnerOptimizer,
     plan: list[InnerStep],
+    kernels: CompiledStep | None = None,
 ) -> MetaGradient:
     learned = {k: v.detach() for k, v in synthetic.hypers().items()}
     images = synthetic.images.detach()
@@ -186,9 +229,18 @@ def _hvp(
         leaf, label_leaf, x, y = _step_batch(synthetic, images, plan[t], graph)
         return StepGraph(params, leaf, label_leaf, inner_grad(forward, params, x, y, create_graph=graph))
 
+    def compiled_gradient(t: int, theta: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        """``G_t`` at ``θ_t`` by the compiled kernel (no graph)."""
+        _, _, x, y = _step_batch(synthetic, images, plan[t], False)
+        return kernels.grads(tuple(names), theta, x, y)
+
     def advance(t: int, theta: tuple[Tensor, ...], state: tuple[Tensor, ...],
-                graph: bool) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...], StepGraph | None]:
-        """``(θ_{t+1}, s_{t+1}, step t's graph if graph else None)``, detached."""
+                graph: bool) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...], StepGraph | tuple[Tensor, ...] | None]:
+        """``(θ_{t+1}, s_{t+1}, step t's graph (compiled: its G_t) if graph else None)``, detached."""
+        if kernels is not None:
+            grads = compiled_gradient(t, theta)
+            new_theta, new_state = optimizer.update(theta, state, grads, plan[t].hypers(learned), t)
+            return _detached(new_theta), _detached(new_state), grads if graph else None
         g = gradient(t, theta, graph)
         new_theta, new_state = optimizer.update(theta, state, _detached(g.grads), plan[t].hypers(learned), t)
         return _detached(new_theta), _detached(new_state), g if graph else None
@@ -197,7 +249,10 @@ def _hvp(
     # ddsec.engine.segments), and the step graphs when keeping them.
     tape = ThetaTape(advance, len(plan), every, keep_graphs)
     theta, state = tape.unroll(_detached(tuple(theta0.values())))
-    loss, theta_adjoint = _outer_adjoint(forward, names, theta, x_real, y_real, loss_fn)
+    if kernels is None:
+        loss, theta_adjoint = _outer_adjoint(forward, names, theta, x_real, y_real, loss_fn)
+    else:
+        loss, theta_adjoint = kernels.outer(tuple(names), theta, x_real, y_real, loss_fn)
     state_adjoint = tuple(torch.zeros_like(v) for v in state)  # L does not read the final state
 
     images_grad = torch.zeros_like(images)
@@ -206,13 +261,26 @@ def _hvp(
     for t in reversed(range(len(plan))):
         step = plan[t]
         theta, state, g = tape.pop(t)
-        g = gradient(t, theta, True) if g is None else g
+        if kernels is None:
+            g = gradient(t, theta, True) if g is None else g
+            grads = _detached(g.grads)
+        else:
+            grads = compiled_gradient(t, theta) if g is None else g
         through_update, state_adjoint, grads_adjoint, step_hypers = _update_adjoint(
-            optimizer, theta, state, _detached(g.grads), step.hypers(learned), t,
+            optimizer, theta, state, grads, step.hypers(learned), t,
             (*theta_adjoint, *state_adjoint))
         if step.lr_index is not None:
             for name, value in step_hypers.items():
                 hyper_grads[name][step.lr_index] += value * (step.lr_scale if name == "lr" else 1.0)
+        if kernels is not None:
+            hvp, image_mixed, label_mixed = _compiled_mixed(kernels, tuple(names), theta, synthetic, images, step,
+                                                            grads_adjoint)
+            if image_mixed is not None:
+                images_grad[step.slot] += image_mixed
+            if label_mixed is not None:
+                labels_grad[step.slot] += label_mixed
+            theta_adjoint = tuple(a + h for a, h in zip(through_update, hvp))
+            continue
         # one call: the Hessian-vector product H_t·Ḡ and the mixed terms for the images and labels
         extra = [v for v in (g.image_leaf, g.label_leaf) if v is not None]
         mixed = torch.autograd.grad(g.grads, [*g.theta.values(), *extra], grad_outputs=grads_adjoint,
@@ -277,6 +345,7 @@ def meta_grads(
     loss_fn: LossFn = F.cross_entropy,
     optimizer: InnerOptimizer = SGD(),
     plan: list[InnerStep] | None = None,
+    compile: bool = False,
 ) -> MetaGradient:
     """Outer loss after the unroll, and its gradients w.r.t. the images, raw step sizes and learned labels.
 
@@ -292,7 +361,8 @@ def meta_grads(
         y_real: targets for ``loss_fn``, e.g. int64 ``[B]``.
         mode: ``"hvp"`` (back-gradient pass) or ``"autograd"`` (reference).
         keep_graphs: ``hvp`` only: keep each step's graph from the forward pass instead of
-            recomputing it (faster, more memory); with ``theta_every``, the current segment's only.
+            recomputing it (faster, more memory); with ``theta_every``, the current segment's only;
+            with ``compile``, each step's ``G_t`` instead of its graph.
         theta_every: ``hvp`` only: keep every ``k``-th ``θ_t`` (and optimizer state) instead of all,
             and recompute each segment's forward on the way back (:mod:`ddsec.engine.segments`):
             memory ``O(√T·|θ|)`` for ``k ≈ √T``, the same gradients. ``None`` (or 1): keep every
@@ -304,6 +374,10 @@ def meta_grads(
         plan: what each inner step trains on (:mod:`ddsec.engine.schedule`: clean images mixed
             in, shifts, clean steps, scaled or fixed step sizes); default: the set replayed as
             distilled.
+        compile: ``hvp`` only: run each step's ``G_t`` and its VJP as compiled graphs
+            (:mod:`ddsec.engine.compiled`; the first call of a shape compiles, later ones reuse it);
+            the same gradients up to rounding. Where it cannot serve, the call runs eager with one
+            :class:`CompileFallback` warning. ``False``: eager, the reference.
 
     Returns:
         ``(loss, images, raw_lrs, label_logits, raw_momenta)``: the scalar outer loss (averaged
@@ -326,10 +400,38 @@ def meta_grads(
         raise ValueError("the population is empty")
     forward = population_forward(model, batching)
     plan = replay(synthetic.steps, synthetic.total_steps) if plan is None else plan
-    if mode == "hvp":
-        every = segment_length(theta_every, len(plan))
-        return _hvp(forward, theta0, synthetic, x_real, y_real, loss_fn, keep_graphs, every, optimizer, plan)
-    return _autograd(forward, theta0, synthetic, x_real, y_real, loss_fn, optimizer, plan)
+    if mode == "autograd":
+        if compile:
+            warnings.warn("compile applies to mode='hvp'; mode='autograd' runs eager", CompileFallback, stacklevel=2)
+        return _autograd(forward, theta0, synthetic, x_real, y_real, loss_fn, optimizer, plan)
+    every = segment_length(theta_every, len(plan))
+    kernels = _kernels(model, batching) if compile else None
+    if kernels is not None:
+        from torch._dynamo.exc import TorchDynamoException  # loaded with torch.compile already
+
+        try:
+            return _hvp(forward, theta0, synthetic, x_real, y_real, loss_fn, keep_graphs, every, optimizer, plan,
+                        kernels)
+        except TorchDynamoException as exc:
+            kernels.failure = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            warnings.warn(f"compile failed for {type(model).__name__} ({kernels.failure}); running eager",
+                          CompileFallback, stacklevel=2)
+    return _hvp(forward, theta0, synthetic, x_real, y_real, loss_fn, keep_graphs, every, optimizer, plan)
+
+
+def _kernels(model: nn.Module, batching: str) -> CompiledStep | None:
+    """The compiled step for ``model``, or ``None`` (with one :class:`CompileFallback` warning)
+    when it cannot serve: models run one after another, or its compilation failed before."""
+    if resolve_batching(model, batching) != "vmap":
+        warnings.warn(f"compile needs the models batched with vmap; {type(model).__name__} runs them in a loop,"
+                      " eager", CompileFallback, stacklevel=3)
+        return None
+    kernels = compiled_step(model)
+    if kernels.failure is not None:
+        warnings.warn(f"compile failed for {type(model).__name__} before ({kernels.failure}); running eager",
+                      CompileFallback, stacklevel=3)
+        return None
+    return kernels
 
 
 def meta_grad(
@@ -342,7 +444,8 @@ def meta_grad(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(loss, images_grad, raw_lrs_grad)``: :func:`meta_grads` without the labels' gradient.
 
-    Args and keywords as :func:`meta_grads` (``mode``, ``keep_graphs``, ``theta_every``, ``batching``, ``loss_fn``).
+    Args and keywords as :func:`meta_grads` (``mode``, ``keep_graphs``, ``theta_every``, ``batching``, ``loss_fn``,
+    ``compile``).
 
     Returns:
         The scalar outer loss (averaged over models), ``images_grad`` shaped like

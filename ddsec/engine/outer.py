@@ -172,6 +172,7 @@ def distill(
     keep_graphs: bool = False,
     theta_every: int | str | None = None,
     batching: str = "auto",
+    compile: bool = False,
     inner_optimizer: InnerOptimizer = SGD(),
     constraint: ImageConstraint | None = None,
     sample_inner: Callable[[torch.Generator], tuple[InnerOptimizer, list[InnerStep]]] | None = None,
@@ -206,9 +207,9 @@ def distill(
         betas: Adam betas; the paper uses (0.5, 0.999).
         decay_every: multiply every learning rate by ``decay_factor`` every this many iterations.
         decay_factor: see ``decay_every``.
-        mode, keep_graphs, theta_every, batching: passed to :func:`ddsec.engine.meta_grads`
-            (``theta_every`` changes memory and time, never the gradients: leave it out of
-            ``fingerprint``, so a resumed run may change it).
+        mode, keep_graphs, theta_every, batching, compile: passed to :func:`ddsec.engine.meta_grads`
+            (``theta_every`` and ``compile`` change memory and time, never the gradients beyond
+            rounding: leave them out of ``fingerprint``, so a resumed run may change them).
         inner_optimizer: the inner update rule, passed to :func:`ddsec.engine.meta_grads` as its
             ``optimizer`` (default: the paper's SGD with the learned step sizes).
         constraint: keeps the images deliverable (see :class:`ImageConstraint`); ``None``: free.
@@ -355,7 +356,7 @@ def distill(
             inner, inner_plan = (inner_optimizer, None) if sample_inner is None else sample_inner(generator)
             loss, images_grad, raw_grad, *learned_grads = meta_grads(
                 model, params, delivered(), x_real, y_real, mode=mode, keep_graphs=keep_graphs, theta_every=theta_every,
-                batching=batching, loss_fn=objective.outer_loss, optimizer=inner, plan=inner_plan,
+                batching=batching, loss_fn=objective.outer_loss, optimizer=inner, plan=inner_plan, compile=compile,
             )
             learned_grads = [grad for grad in learned_grads if grad is not None]  # in the order of `learned`
             if penalty is not None:

@@ -97,6 +97,11 @@ def test_learned_momentum_is_exported_shown_and_replayed(tmp_path):
         (["distill", "--theta-every", "often"], "--theta-every must be auto or a whole number"),
         (["distill", "--mode", "autograd", "--theta-every", "2"], "--theta-every applies to --mode hvp only"),
         (["poison", "--theta-every", "-1"], "--theta-every must be auto or a whole number"),
+        (["distill", "--compile", "bogus"], "--compile must be one of auto, on, off, got 'bogus'"),
+        (["poison", "--compile", "bogus"], "--compile must be one of auto, on, off, got 'bogus'"),
+        (["adapt", "--src", "mnist", "--tgt", "usps", "--compile", "bogus"], "--compile must be one of auto, on, off, got 'bogus'"),
+        (["distill", "--mode", "autograd", "--compile", "on"], "--compile on applies to --mode hvp only"),
+        (["distill", "--method", "dm", "--compile", "on"], "--compile applies to --method dd"),
     ],
 )
 def test_user_errors_are_one_line_exit_1(args, message):
@@ -227,3 +232,22 @@ def test_sigkill_loses_at_most_the_checkpoint_interval_and_resume_says_where(tmp
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming from iteration {done} of {done + 2}" in resumed.stderr
     assert load_distilled(out).lrs.shape == (30,) and not ckpt.exists()
+
+
+def test_a_compile_fallback_is_one_note_line(capsys, monkeypatch):
+    import warnings
+
+    import ddsec.cli
+    from ddsec.cli import _note_fallback
+    from ddsec.engine import CompileFallback
+
+    passed_on = []
+    monkeypatch.setattr(ddsec.cli, "_python_showwarning", lambda *args: passed_on.append(args[:4]))
+
+    _note_fallback(CompileFallback("compile failed for LeNet (a graph break); running eager"), CompileFallback,
+                   "metagrad.py", 1)
+    said = capsys.readouterr().err.strip().splitlines()
+    assert said == ["note: compile failed for LeNet (a graph break); running eager"]
+    _note_fallback(UserWarning("other"), UserWarning, "x.py", 3)  # other warnings: as Python prints them
+    assert len(passed_on) == 1 and passed_on[0][1:] == (UserWarning, "x.py", 3)
+    assert warnings.showwarning is not _note_fallback  # installed by main() only, not on import
