@@ -48,10 +48,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ddsec.attacks.metrics import evaluate_attack, relabel
+from ddsec.attacks.metrics import attack_metrics, evaluate_attack, relabel
+from ddsec.attacks.stress import train_victims
+from ddsec.attacks.victims import Victim
 from ddsec.data import ImageDataset
 from ddsec.errors import DDSecError
-from ddsec.engine import InitDistribution, PopulationInit, SyntheticSet
+from ddsec.evaluate import population_predictions
+from ddsec.engine import InitDistribution, PopulationInit, SyntheticSet, distinct_draws
 from ddsec.engine.population import select
 
 CHECK_EVERY = 20
@@ -92,6 +95,12 @@ class TrainingCheck:
     """Attack success and collateral on a few training-population models and a fixed subset of
     training images: what an attacker can measure while crafting.
 
+    Measured after the paper's victim (one step on the batch alone) by default; with ``victims``
+    (victim-aware crafting), after each of them, per model averaged over the victims: the batch
+    must keep its collateral under the victims it is crafted for, not under the paper's victim
+    (a batch strong enough to survive dilution into a clean mini-batch costs the other classes
+    more when applied alone).
+
     Args:
         model: the architecture, in eval mode.
         init: the *training* ``p(θ0)`` (never the held-out population).
@@ -100,18 +109,38 @@ class TrainingCheck:
         seed: seeds the subset and the models' draw (the same models every call).
         models: models per measurement (at most the population's size).
         images: training images per measurement (at most the split's size).
+        victims: the victims crafting is aware of (empty: the paper's victim).
+        clean: the clean images ``victims`` mix in or train on (the attacker's training images).
     """
 
     def __init__(self, model: nn.Module, init: InitDistribution, train: ImageDataset, *, attack: int, target: int,
-                 seed: int, models: int = CHECK_MODELS, images: int = CHECK_IMAGES) -> None:
+                 seed: int, models: int = CHECK_MODELS, images: int = CHECK_IMAGES, victims: tuple[Victim, ...] = (),
+                 clean: ImageDataset | None = None) -> None:
+        if victims and clean is None:
+            raise ValueError("a check under victims needs the clean images they train on")
         self.model, self.init, self.attack, self.target = model, init, attack, target
-        self.seed, self.models = seed, models
+        self.seed, self.models, self.victims, self.clean = seed, models, victims, clean
         self.data = train.subset(torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:images])
 
     def __call__(self, synthetic: SyntheticSet) -> Measurement:
-        result = evaluate_attack(self.model, self.init, synthetic, self.data, attack=self.attack, target=self.target,
-                                 n_models=self.models, seed=self.seed)
-        return Measurement.of_models(result.after.asr, result.before.acc_other - result.after.acc_other)
+        if not self.victims:
+            result = evaluate_attack(self.model, self.init, synthetic, self.data, attack=self.attack,
+                                     target=self.target, n_models=self.models, seed=self.seed)
+            return Measurement.of_models(result.after.asr, result.before.acc_other - result.after.acc_other)
+        draws = distinct_draws(self.init, min(self.models, getattr(self.init, "size", self.models)))
+        params = self.init.sample(draws, torch.Generator().manual_seed(self.seed))
+        images, labels, classes = self.data.images, self.data.labels, self.data.num_classes
+        before = attack_metrics(population_predictions(self.model, params, images), labels, self.attack, self.target,
+                                classes)
+        asr, collateral = [], []
+        for index, victim in enumerate(self.victims):
+            trained = train_victims(self.model, params, synthetic, victim, self.clean,
+                                    torch.Generator().manual_seed(self.seed + 1 + index))
+            after = attack_metrics(population_predictions(self.model, trained, images), labels, self.attack,
+                                   self.target, classes)
+            asr.append(after.asr)
+            collateral.append(before.acc_other - after.acc_other)
+        return Measurement.of_models(torch.stack(asr).mean(0), torch.stack(collateral).mean(0))
 
 
 def hold_out(init: InitDistribution, train: ImageDataset, *, seed: int, models: int = CHECK_MODELS,

@@ -259,7 +259,8 @@ def run_poison(
     start_set = initial_synthetic(base)
     craft_init, craft_images, check_init, check_images = hold_out(base.init, train, seed=cfg.seed + 11)
     check = TrainingCheck(base.model, check_init, check_images, attack=cfg.attack, target=cfg.target,
-                          seed=cfg.seed + 11)
+                          seed=cfg.seed + 11, victims=tuple(parse_victim(spec) for spec in cfg.victims),
+                          clean=craft_images)
     budget = None if cfg.max_collateral is None else CollateralBudget(
         check, cfg.max_collateral, start_set, num_classes=train.num_classes, attack=cfg.attack, target=cfg.target)
     objective = ClassificationObjective(

@@ -148,3 +148,23 @@ def test_the_check_holds_its_models_and_images_out_of_crafting():
     assert not any(tuple(x.flatten().tolist()) in pixels for x in craft.images[:200])
     fixed = FixedInit({"w": torch.zeros(1)})
     assert hold_out(fixed, train, seed=3)[0] is fixed  # a fixed init is shared
+
+
+def test_a_victim_aware_check_measures_under_the_victims_it_is_given(zoo):
+    from ddsec.attacks import TrainingCheck
+    from ddsec.attacks.baselines import flip_images
+    from ddsec.attacks.victims import parse_victim
+
+    base = prepare_poison(config(zoo)).base
+    images = flip_images("flip-random", base.train, 3, 10, seed=0).view(1, 10, *base.train.image_shape)
+    flip = SyntheticSet.from_lrs(images, torch.full((1, 10), 8), torch.tensor([0.01]), 1)
+
+    def check(*victims: str) -> Measurement:
+        return TrainingCheck(base.model, base.init, base.train, attack=3, target=8, seed=0, models=4, images=400,
+                             victims=tuple(parse_victim(v) for v in victims), clean=base.train)(flip)
+
+    plain, paper, diluted = check(), check("sgd"), check("sgd mix=128")
+    assert paper.asr == pytest.approx(plain.asr, abs=1e-6) and paper.collateral == pytest.approx(plain.collateral, abs=1e-6)
+    assert plain.asr > 0.3 and diluted.asr < plain.asr / 2, (plain, diluted)  # dilution weakens the batch
+    both = check("sgd mix=128", "sgd")  # per model, the mean over the victims (the same clean draws)
+    assert both.asr == pytest.approx((paper.asr + diluted.asr) / 2, abs=1e-6)
