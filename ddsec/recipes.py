@@ -31,8 +31,8 @@ RECIPES: dict[tuple[str, str], Recipe] = {
         " RESULTS 'ddsec distill --dataset mnist with its recipe'"),
     ("poison", "mnist"): Recipe(
         {"budget": "5m"},
-        "RESULTS 'Defender's side', the default batch: 3 → 8 in a 5-minute budget (714 iterations),"
-        " 94.8 ± 7.7 % attack success on 50 held-out LeNets"),
+        "RESULTS 'ddsec poison on real MNIST', today's default: 3 → 8 in a 5-minute budget (1,052"
+        " iterations), 93.8 ± 9.4 % attack success on 50 held-out LeNets, the other classes −3.5 points"),
 }
 
 
