@@ -138,13 +138,16 @@ def test_stress_refuses_a_distill_set(tmp_path):
 
 def test_victim_aware_crafting_beats_the_paper_objective_in_its_victim_s_cell(attack):
     """Crafted for a victim that mixes the batch into 64 clean images, the batch keeps more of its
-    effect on held-out models in that very cell than the paper-style batch does."""
+    effect on held-out models in that very cell than the paper-style batch does (both with the
+    paper's fixed objective, so that only the victim differs; a 40-iteration run is too short for
+    the budget's checks every 20 iterations to choose between iterates)."""
     from dataclasses import replace
 
     from ddsec.engine import SyntheticSet
 
-    _, job, paper_style = attack
-    aware = run_poison(prepare_poison(replace(job.cfg, victims=("sgd mix=64",))))
+    _, job, _ = attack
+    paper_style = run_poison(prepare_poison(replace(job.cfg, max_collateral=None)))
+    aware = run_poison(prepare_poison(replace(job.cfg, max_collateral=None, victims=("sgd mix=64",))))
     assert list(aware.distilled.meta.config["victims"]) == ["sgd mix=64"]
     base, victim = job.base, parse_victim("sgd mix=64")
     rates = {}
@@ -154,7 +157,7 @@ def test_victim_aware_crafting_beats_the_paper_objective_in_its_victim_s_cell(at
         (cell,) = stress_matrix(base.model, base.heldout, batch, [victim], base.train, base.test, attack=3, target=8,
                                 n_models=3)
         rates[name] = cell.batch.summary()["asr_mean"]
-    assert rates["aware"] > rates["paper"] + 0.05, rates  # measured: 9.4 % against 0 %
+    assert rates["aware"] > rates["paper"] + 0.05, rates  # measured: 13.0 % against 0 %
 
 
 def test_bad_crafting_victim_fails_before_any_work(attack):
