@@ -52,19 +52,19 @@ from ddsec.attacks.metrics import attack_metrics, evaluate_attack, relabel
 from ddsec.attacks.stress import train_victims
 from ddsec.attacks.victims import Victim
 from ddsec.data import ImageDataset
-from ddsec.errors import DDSecError
-from ddsec.evaluate import population_predictions
 from ddsec.engine import InitDistribution, PopulationInit, SyntheticSet, distinct_draws
 from ddsec.engine.population import select
+from ddsec.errors import DDSecError
+from ddsec.evaluate import population_predictions
 
 CHECK_EVERY = 20
 """Outer iterations between two measurements of the dual player."""
 CHECK_MODELS = 16
 """Training-population models in a measurement (the same ones every time)."""
-Z_UPPER = 1.645
-"""One-sided 95 % normal quantile: the collateral bound is ``mean + Z_UPPER·std/√n`` over models."""
 CHECK_IMAGES = 1000
 """Training images in a measurement (a fixed random subset)."""
+Z_UPPER = 1.645
+"""One-sided 95 % normal quantile: the collateral bound is ``mean + Z_UPPER·std/√n`` over models."""
 DUAL_STEP = 0.3
 """``η``: one measurement moves ``λ`` by a factor ``e^0.3 ≈ 1.35`` at most."""
 LAMBDA_RANGE = (1e-3, 1e3)

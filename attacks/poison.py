@@ -157,8 +157,9 @@ class PoisonOutcome:
 
     ``crafting`` is what the attacker measured on training-population models (see
     :class:`~ddsec.attacks.collateral.TrainingCheck`): ``train_asr``, ``train_collateral`` and its
-    one-sided 95 % upper bound ``train_collateral_bound`` of the delivered batch, the ``iteration`` that made it, ``max_collateral`` and the final multiplier
-    ``lambda`` (both ``None`` for the paper's fixed objective).
+    one-sided 95 % upper bound ``train_collateral_bound`` of the delivered batch, the ``iteration``
+    that made it, ``max_collateral`` and the final multiplier ``lambda`` (both ``None`` for the
+    paper's fixed objective).
     """
 
     distilled: DistilledSet

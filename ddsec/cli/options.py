@@ -129,4 +129,3 @@ def with_recipe(task: str, dataset: str, given: dict, default_iterations: int) -
     used = {k: v for k, v in recipe.settings.items() if settings.get(k) == v and given.get(k) is None}
     notes += [f"recipe for {dataset}: {', '.join(f'{k}={v}' for k, v in used.items())} ({recipe.source})"] if used else []
     return settings, notes
-
