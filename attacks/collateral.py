@@ -53,6 +53,7 @@ from ddsec.attacks.stress import train_victims
 from ddsec.attacks.victims import Victim
 from ddsec.data import ImageDataset
 from ddsec.engine import InitDistribution, PopulationInit, SyntheticSet, distinct_draws
+from ddsec.engine.learned import LEARNABLES
 from ddsec.engine.population import select
 from ddsec.errors import DDSecError
 from ddsec.evaluate import population_predictions
@@ -69,8 +70,6 @@ DUAL_STEP = 0.3
 """``η``: one measurement moves ``λ`` by a factor ``e^0.3 ≈ 1.35`` at most."""
 LAMBDA_RANGE = (1e-3, 1e3)
 """Bounds of ``λ``: from 1000 times the paper's weight on the attacked class to 1/1000 of it."""
-LEARNED = ("images", "raw_lrs", "label_logits", "raw_momenta")
-"""The tensors of a :class:`SyntheticSet` the outer loop learns (the last two only when present)."""
 
 
 @dataclass(frozen=True)
@@ -253,14 +252,14 @@ class CollateralBudget:
         best_asr = float(self.state["best_asr"])
         if best_asr < 0 or (measured.collateral_bound <= self.budget and measured.asr >= best_asr):
             return Choice(final, measured, iterations)
-        kept = {name: self.state.get(f"best.{name}") for name in LEARNED}
-        synthetic = SyntheticSet(kept["images"].clone(), final.labels, kept["raw_lrs"].clone(), final.epochs,
-                                 *(None if kept[name] is None else kept[name].clone() for name in LEARNED[2:]))
+        learned = {spec.name: self.state[f"best.{spec.key}"].clone() for spec in LEARNABLES.values()
+                   if f"best.{spec.key}" in self.state}
+        synthetic = SyntheticSet(self.state["best.images"].clone(), final.labels, learned, final.epochs)
         return Choice(synthetic, Measurement(best_asr, float(self.state["best_collateral"]),
                                              float(self.state["best_collateral_bound"])),
                       int(self.state["best_iteration"]))
 
 
 def _learned(synthetic: SyntheticSet) -> dict[str, Tensor]:
-    """The learned tensors of ``synthetic`` by name (see ``LEARNED``)."""
-    return {name: getattr(synthetic, name) for name in LEARNED if getattr(synthetic, name) is not None}
+    """The tensors of ``synthetic`` the outer loop learns, by their checkpoint names."""
+    return {"images": synthetic.images, **{LEARNABLES[name].key: raw for name, raw in synthetic.learned.items()}}

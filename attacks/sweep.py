@@ -32,6 +32,7 @@ import numpy as np
 from ddsec._io import atomic_path
 from ddsec.attacks.poison import PoisonConfig, PoisonJob, prepare_poison, run_poison
 from ddsec.engine import DEFAULT_CHECKPOINT_SECONDS, Progress, world
+from ddsec.engine.checkpoint import refuse_other_settings
 from ddsec.errors import DDSecError
 from ddsec.export import save_distilled
 
@@ -206,11 +207,7 @@ def _start(paths: SweepPaths, fingerprint: dict, pairs: list[Pair], *, resume: b
     if resume:
         if state is None:
             raise DDSecError(f"--resume: there is no sweep {paths.state} to resume; run the command without --resume")
-        if state["fingerprint"] != fingerprint:
-            changed = sorted(k for k in set(state["fingerprint"]) | set(fingerprint)
-                             if state["fingerprint"].get(k) != fingerprint.get(k))
-            raise DDSecError(f"sweep {paths.state} was made with other settings ({', '.join(changed)}); rerun with"
-                             " the same options, or start over with --force")
+        refuse_other_settings(f"sweep {paths.state}", state["fingerprint"], fingerprint)
         return dict(state["pairs"])
     if force:
         for pair in pairs:

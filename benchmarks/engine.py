@@ -213,7 +213,8 @@ def compiled(args: argparse.Namespace) -> None:
                 torch.cuda.synchronize()
             seconds[label].append(time.perf_counter() - start)
         for label, result in results.items():
-            for got, want in zip(result[1:3], results["eager hvp"][1:3]):  # images, raw step sizes
+            want_all = results["eager hvp"]
+            for got, want in ((result.images, want_all.images), (result.learned["lr"], want_all.learned["lr"])):
                 worst[label] = max(worst[label], float((got - want).abs().max() / want.abs().max()))
     mean = {label: sum(values) / len(values) for label, values in seconds.items()}
     print(f"{'variant':<16}{'s/iter':>9}{'max rel diff vs eager':>24}")

@@ -269,14 +269,13 @@ def initial_synthetic(job: DistillJob) -> SyntheticSet:
         synthetic.images = average_images(train, cfg.ipc, cfg.steps).to(job.device)
     if cfg.learn_labels:
         synthetic = synthetic.with_learnable_labels(train.num_classes)
-    return synthetic.with_learnable_momentum(cfg.momentum) if cfg.momentum > 0 else synthetic
+    return synthetic.with_learned("momentum", cfg.momentum) if cfg.momentum > 0 else synthetic
 
 
 def to_distilled(synthetic: SyntheticSet, meta: DistilledMeta) -> DistilledSet:
     """The exportable set: images, labels (soft when learned), step sizes and momenta (if learned)."""
-    momenta = synthetic.momenta()
-    return DistilledSet(synthetic.images.detach(), synthetic.soft_labels(), synthetic.lrs().detach(), meta,
-                        None if momenta is None else momenta.detach())
+    final = synthetic.detached()
+    return DistilledSet(final.images, final.soft_labels(), final.lrs(), meta, final.momenta())
 
 
 def optimize(
@@ -302,7 +301,7 @@ def optimize(
     replan = None if cfg.iterations is not None else planner(cfg.budget, cfg.decay_fraction, cfg.decay_every)
     return distill(
         objective, synthetic, iterations=cfg.iterations, replan=replan, n_models=distinct_draws(objective.init, cfg.n_models), lr=cfg.lr,
-        lr_step_sizes=cfg.lr_step_sizes, lr_momenta=cfg.lr_momenta, decay_every=cfg.decay_every, decay_factor=cfg.decay_factor, mode=cfg.mode,
+        rates={"lr": cfg.lr_step_sizes, "momentum": cfg.lr_momenta}, decay_every=cfg.decay_every, decay_factor=cfg.decay_factor, mode=cfg.mode,
         keep_graphs=cfg.keep_graphs, theta_every=cfg.theta_every,
         compile=cfg.mode == "hvp" and use_compile(cfg.compile, job.device), seed=cfg.seed, checkpoint_path=checkpoint_path, resume=resume,
         checkpoint_seconds=checkpoint_seconds, fingerprint=job.fingerprint, constraint=constraint,

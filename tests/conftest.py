@@ -44,7 +44,7 @@ def tiny_synthetic() -> SyntheticSet:
         num_classes=3, ipc=2, steps=3, epochs=2, image_shape=(1, 6, 6), init_lr=0.1,
         generator=gen, dtype=torch.float64,
     )
-    synthetic.raw_lrs = torch.randn(6, generator=gen, dtype=torch.float64)
+    synthetic.learned["lr"] = torch.randn(6, generator=gen, dtype=torch.float64)
     return synthetic
 
 

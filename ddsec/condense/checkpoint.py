@@ -38,7 +38,7 @@ def save_state(path: Path, state: ImageState, generator_state: Tensor, losses: l
     """Checkpoint ``state`` after ``len(losses)`` iterations, atomically, with a time budget's ``plan``."""
     images = state.images.detach().unsqueeze(0)
     labels = class_major_labels(1, images.shape[1], 1)  # layout only; the class of each image is implied
-    synthetic = SyntheticSet(images, labels.to(images.device), torch.zeros(1, dtype=images.dtype, device=images.device))
+    synthetic = SyntheticSet(images, labels.to(images.device), {"lr": torch.zeros(1, dtype=images.dtype, device=images.device)})
     save_checkpoint(path, LoopState(synthetic, {_MOMENTUM: state.momentum.detach()}, generator_state, len(losses),
                                     torch.tensor(losses, dtype=torch.float32), 1.0, fingerprint, plan))
 

@@ -22,8 +22,13 @@ import torch
 from torch import Tensor
 
 from ddsec.condense.checkpoint import ImageState, load_state, save_state
-from ddsec.engine.checkpoint import DEFAULT_CHECKPOINT_SECONDS, CheckpointSchedule, require_checkpoint
-from ddsec.errors import DDSecError, NonFiniteError
+from ddsec.engine.checkpoint import (
+    DEFAULT_CHECKPOINT_SECONDS,
+    CheckpointSchedule,
+    refuse_other_settings,
+    require_checkpoint,
+)
+from ddsec.errors import NonFiniteError
 
 Step = Callable[[ImageState, torch.Generator, int], tuple[ImageState, float]]
 """``step(state, generator, iteration) -> (new state, matching loss)``: one outer iteration."""
@@ -82,10 +87,7 @@ class CondenseResult:
 def _resume(path: Path | None, fingerprint: dict, device: torch.device
             ) -> tuple[ImageState, Tensor, list[float], dict]:
     state, generator_state, losses, stored, plan = load_state(require_checkpoint(path), device)
-    if stored != fingerprint:
-        changed = sorted(k for k in fingerprint.keys() | stored.keys() if fingerprint.get(k) != stored.get(k))
-        raise DDSecError(f"{path} was written with other settings ({', '.join(changed) or 'its kind'} differ);"
-                         " rerun with the original options, or pass --force to start over")
+    refuse_other_settings(f"checkpoint {path}", stored, fingerprint)
     return state, generator_state, losses, plan
 
 

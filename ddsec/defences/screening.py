@@ -73,13 +73,7 @@ def kept_batch(poison: SyntheticSet, keep: Tensor) -> SyntheticSet | None:
     if poison.steps > 1 and not bool((keep.sum(1) == keep.sum(1)[0]).all()):
         raise DDSecError("filtering a batch of several steps needs the same number of images kept in each step;"
                          " screen one-step batches (ddsec poison --steps 1)")
-    columns = keep.nonzero()[:, 1].view(poison.steps, -1)
-
-    def take(tensor: Tensor) -> Tensor:
-        return torch.stack([tensor[s, columns[s]] for s in range(poison.steps)])
-
-    return SyntheticSet(take(poison.images), take(poison.labels), poison.raw_lrs, poison.epochs,
-                        None if poison.label_logits is None else take(poison.label_logits), poison.raw_momenta)
+    return poison.with_images(keep.nonzero()[:, 1].view(poison.steps, -1))
 
 
 def train_victim(model: nn.Module, params: Params, poison: SyntheticSet, keep: Tensor, victim: Victim,

@@ -19,6 +19,7 @@ from safetensors.torch import load_file, safe_open, save_file
 from torch import Tensor
 
 from ddsec._io import atomic_path
+from ddsec.engine.learned import LEARNABLES
 from ddsec.engine.synthetic import SyntheticSet
 from ddsec.errors import DDSecError, FormatError
 
@@ -55,6 +56,19 @@ class CheckpointSchedule:
         self.last = time.monotonic()
 
 
+def refuse_other_settings(what: str, stored: dict, fingerprint: dict) -> None:
+    """Refuse to resume ``what`` (e.g. ``"checkpoint run.ckpt"``) when its ``stored`` fingerprint
+    differs from the run's ``fingerprint``.
+
+    Raises:
+        DDSecError: one line naming every setting that differs.
+    """
+    changed = sorted(k for k in set(stored) | set(fingerprint) if stored.get(k) != fingerprint.get(k))
+    if changed:
+        raise DDSecError(f"{what} was made with other settings ({', '.join(changed)}); rerun with the same options,"
+                         " or start over with --force")
+
+
 def require_checkpoint(path: str | Path | None) -> Path:
     """``path`` as a :class:`Path` when a run may resume from it.
 
@@ -72,8 +86,8 @@ class LoopState:
     """The outer loop's full state.
 
     Attributes:
-        synthetic: the set being learned (images ``[S, N, C, H, W]``, raw step sizes ``[T]``, and
-            the label logits and raw momenta when those are learned).
+        synthetic: the set being learned (images ``[S, N, C, H, W]`` and its raw learned tensors,
+            stored under each setting's ``key``: ``raw_lrs``, ``raw_momenta``, ``label_logits``).
         adam: Adam's per-parameter state, keyed ``"images.exp_avg"``, ``"raw_lrs.step"`` …
         generator_state: uint8 state of the CPU ``torch.Generator`` driving all sampling.
         iteration: outer iterations completed.
@@ -102,9 +116,7 @@ def save_checkpoint(path: str | Path, state: LoopState) -> Path:
     tensors = {
         "images": syn.images.detach().cpu().contiguous(),
         "labels": syn.labels.detach().cpu().contiguous(),
-        "raw_lrs": syn.raw_lrs.detach().cpu().contiguous(),
-        **({} if syn.label_logits is None else {"label_logits": syn.label_logits.detach().cpu().contiguous()}),
-        **({} if syn.raw_momenta is None else {"raw_momenta": syn.raw_momenta.detach().cpu().contiguous()}),
+        **{LEARNABLES[name].key: raw.detach().cpu().contiguous() for name, raw in syn.learned.items()},
         "generator_state": state.generator_state.cpu().contiguous(),
         "losses": state.losses.detach().cpu().float().contiguous(),
         **{f"adam.{k}": v.detach().cpu().contiguous() for k, v in state.adam.items()},
@@ -139,10 +151,8 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Loo
                 f"{path} is not a ddsec checkpoint (format {metadata.get('format')!r});"
                 " delete it or point --out elsewhere"
             )
-        synthetic = SyntheticSet(
-            tensors["images"], tensors["labels"], tensors["raw_lrs"], int(metadata["epochs"]),
-            tensors.get("label_logits"), tensors.get("raw_momenta"),
-        )
+        learned = {spec.name: tensors[spec.key] for spec in LEARNABLES.values() if spec.key in tensors}
+        synthetic = SyntheticSet(tensors["images"], tensors["labels"], learned, int(metadata["epochs"]))
         adam = {k.removeprefix("adam."): v for k, v in tensors.items() if k.startswith("adam.")}
         return LoopState(
             synthetic=synthetic,

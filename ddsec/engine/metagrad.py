@@ -35,9 +35,11 @@ the call runs eager and says so once with a :class:`CompileFallback` warning.
 ``autograd``, the reference: plain double-backward through the whole unroll.
 
 Both support populations (a leading model dimension on every parameter tensor): the loss and
-the gradients are then averaged over the models. When the set's labels are learned
-(``label_logits``), :func:`meta_grads` also returns their gradient: the same
-``torch.autograd.grad`` call takes the mixed term ``(∂²ℓ_t/∂ỹ∂θ)ᵀ Ḡ`` as well.
+the gradients are then averaged over the models. :func:`meta_grads` returns the gradient
+w.r.t. every raw learned tensor of the set (:mod:`ddsec.engine.learned`): the inner
+hyper-parameters' from the update's adjoint through their parametrisation, and, when the labels
+are learned, theirs from the same ``torch.autograd.grad`` call as the image term (the mixed term
+``(∂²ℓ_t/∂ỹ∂θ)ᵀ Ḡ``).
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ from ddsec.engine.schedule import InnerStep, replay
 from ddsec.engine.segments import ThetaTape, segment_length
 from ddsec.engine.synthetic import SyntheticSet
 from ddsec.engine.inner import SGD, InnerOptimizer
+from ddsec.engine.learned import LABELS, learnable
 from ddsec.engine.unroll import Forward, expand_targets, inner_grad, leaves
 
 MODES = ("hvp", "autograd")
@@ -67,23 +70,37 @@ class CompileFallback(UserWarning):
 
 
 class MetaGradient(NamedTuple):
-    """The outer loss and its gradients (``label_logits`` and ``raw_momenta`` are ``None`` unless
-    the labels, respectively the momenta, are learned)."""
+    """The outer loss (a scalar) and its gradients: w.r.t. the images (shaped like them) and
+    w.r.t. each raw learned tensor of the set, by name (shaped like ``synthetic.learned``)."""
 
     loss: Tensor
     images: Tensor
-    raw_lrs: Tensor
-    label_logits: Tensor | None
-    raw_momenta: Tensor | None = None
+    learned: dict[str, Tensor]
+
+    def fields(self) -> dict[str, Tensor]:
+        """The loss and every gradient by name (``"loss"``, ``"images"``, then the learned
+        settings'), e.g. to compare two modes field by field."""
+        return {"loss": self.loss, "images": self.images, **self.learned}
 
 
 def _targets(synthetic: SyntheticSet, s: int, track: bool) -> tuple[Tensor, Tensor | None]:
     """Step ``s``'s inner targets and, for learned labels, the logits leaf they were built from."""
-    if synthetic.label_logits is None:
+    logits = synthetic.learned.get("labels")
+    if logits is None:
         return synthetic.labels[s], None
-    leaf = synthetic.label_logits[s].detach().clone().requires_grad_(track)
+    leaf = logits[s].detach().clone().requires_grad_(track)
     with torch.enable_grad():
-        return torch.softmax(leaf, dim=-1), leaf
+        return LABELS.value(leaf), leaf
+
+
+def _raw_gradients(synthetic: SyntheticSet, value_grads: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Gradients w.r.t. the raw learned tensors from those w.r.t. their values (each setting's
+    parametrisation differentiated by autograd; elementwise or per image, so cheap)."""
+    raw = {name: synthetic.learned[name].detach().requires_grad_(True) for name in value_grads}
+    with torch.enable_grad():
+        values = [learnable(name).value(tensor) for name, tensor in raw.items()]
+        grads = torch.autograd.grad(values, list(raw.values()), list(value_grads.values()))
+    return dict(zip(raw, grads))
 
 
 def _outer_loss(forward: Forward, theta: Params, x: Tensor, y: Tensor, loss_fn: LossFn) -> Tensor:
@@ -257,7 +274,8 @@ def _hvp(
 
     images_grad = torch.zeros_like(images)
     hyper_grads = {k: torch.zeros_like(v) for k, v in learned.items()}
-    labels_grad = None if synthetic.label_logits is None else torch.zeros_like(synthetic.label_logits.detach())
+    labels = synthetic.learned.get("labels")
+    labels_grad = None if labels is None else torch.zeros_like(labels.detach())
     for t in reversed(range(len(plan))):
         step = plan[t]
         theta, state, g = tape.pop(t)
@@ -290,10 +308,8 @@ def _hvp(
         if g.label_leaf is not None:
             labels_grad[step.slot] += mixed[-1]
         theta_adjoint = tuple(a + h for a, h in zip(through_update, mixed[: len(names)]))
-    raw_grad = hyper_grads["lr"] * torch.sigmoid(synthetic.raw_lrs.detach())
-    momenta = learned.get("momentum")
-    raw_mu_grad = None if momenta is None else hyper_grads["momentum"] * momenta * (1 - momenta)
-    return MetaGradient(loss, images_grad, raw_grad, labels_grad, raw_mu_grad)
+    raw_grads = _raw_gradients(synthetic, hyper_grads)
+    return MetaGradient(loss, images_grad, {**raw_grads, **({} if labels_grad is None else {"labels": labels_grad})})
 
 
 def _autograd(
@@ -307,28 +323,22 @@ def _autograd(
     plan: list[InnerStep],
 ) -> MetaGradient:
     images = synthetic.images.detach().requires_grad_(True)
-    raw = synthetic.raw_lrs.detach().requires_grad_(True)
-    logits = None if synthetic.label_logits is None else synthetic.label_logits.detach().requires_grad_(True)
-    raw_mu = None if synthetic.raw_momenta is None else synthetic.raw_momenta.detach().requires_grad_(True)
-    learned_tensors = [t for t in (logits, raw_mu) if t is not None]
+    raw = {name: tensor.detach().requires_grad_(True) for name, tensor in synthetic.learned.items()}
+    tracked = synthetic.replaced(images, raw)
     names = list(theta0)
     with torch.enable_grad():
-        learned = {"lr": F.softplus(raw), **({} if raw_mu is None else {"momentum": torch.sigmoid(raw_mu)})}
+        learned = tracked.hypers()
         theta, state = tuple(leaves(theta0).values()), ()
         for t, step in enumerate(plan):
             if step.slot is None:
                 x, y = step.batch(None, None)
             else:
-                y = synthetic.labels[step.slot] if logits is None else torch.softmax(logits[step.slot], dim=-1)
-                x, y = step.batch(images[step.slot], y)
+                x, y = step.batch(images[step.slot], tracked.targets(step.slot))
             grads = inner_grad(forward, dict(zip(names, theta)), x, y, create_graph=True)
             theta, state = optimizer.update(theta, state, grads, step.hypers(learned), t)
         loss = _outer_loss(forward, dict(zip(names, theta)), x_real, y_real, loss_fn)
-        images_grad, raw_grad, *rest = torch.autograd.grad(loss, [images, raw, *learned_tensors],
-                                                           materialize_grads=True)
-    labels_grad = rest.pop(0) if logits is not None else None
-    mu_grad = rest.pop(0) if raw_mu is not None else None
-    return MetaGradient(loss.detach(), images_grad, raw_grad, labels_grad, mu_grad)
+        images_grad, *raw_grads = torch.autograd.grad(loss, [images, *raw.values()], materialize_grads=True)
+    return MetaGradient(loss.detach(), images_grad, dict(zip(raw, raw_grads)))
 
 
 def meta_grads(
@@ -354,9 +364,8 @@ def meta_grads(
             ignored, its buffers are used). Must have no active dropout (call ``model.eval()``).
         params: ``θ_0`` as from ``model.named_parameters()``, or a population: the same names
             with a leading model dimension ``M`` on every tensor. Treated as constants.
-        synthetic: the synthetic set (images ``[S, N, C, H, W]``, labels ``[S, N]``, raw step
-            sizes ``[T]``); gradients are taken w.r.t. its images, raw step sizes, and its label
-            logits and raw momenta when those are learned.
+        synthetic: the synthetic set (images ``[S, N, C, H, W]``, labels ``[S, N]``, its raw
+            learned tensors); gradients are taken w.r.t. its images and every learned tensor.
         x_real: real inputs ``[B, C, H, W]``, same dtype as the images.
         y_real: targets for ``loss_fn``, e.g. int64 ``[B]``.
         mode: ``"hvp"`` (back-gradient pass) or ``"autograd"`` (reference).
@@ -380,10 +389,8 @@ def meta_grads(
             :class:`CompileFallback` warning. ``False``: eager, the reference.
 
     Returns:
-        ``(loss, images, raw_lrs, label_logits, raw_momenta)``: the scalar outer loss (averaged
-        over models) and its gradients, shaped like ``synthetic.images``, ``[T]``,
-        ``synthetic.label_logits`` and ``[T]`` (``None`` when the labels, respectively the momenta,
-        are not learned).
+        ``(loss, images, learned)``: the scalar outer loss (averaged over models), its gradient
+        shaped like ``synthetic.images`` and its gradients w.r.t. ``synthetic.learned``, by name.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -442,7 +449,7 @@ def meta_grad(
     y_real: Tensor,
     **kwargs,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """``(loss, images_grad, raw_lrs_grad)``: :func:`meta_grads` without the labels' gradient.
+    """``(loss, images_grad, raw_lrs_grad)``: :func:`meta_grads` with the step sizes' gradient alone.
 
     Args and keywords as :func:`meta_grads` (``mode``, ``keep_graphs``, ``theta_every``, ``batching``, ``loss_fn``,
     ``compile``).
@@ -451,4 +458,5 @@ def meta_grad(
         The scalar outer loss (averaged over models), ``images_grad`` shaped like
         ``synthetic.images`` and ``raw_lrs_grad`` shaped ``[T]``.
     """
-    return tuple(meta_grads(model, params, synthetic, x_real, y_real, **kwargs)[:3])
+    loss, images_grad, learned = meta_grads(model, params, synthetic, x_real, y_real, **kwargs)
+    return loss, images_grad, learned["lr"]

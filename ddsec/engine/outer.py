@@ -23,7 +23,7 @@ one process sampling the union. Rank 0 alone writes checkpoints and gets progres
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -36,11 +36,13 @@ from ddsec.engine.checkpoint import (
     CheckpointSchedule,
     LoopState,
     load_checkpoint,
+    refuse_other_settings,
     require_checkpoint,
     save_checkpoint,
 )
 from ddsec.engine.distributed import PeerLostError, all_reduce_mean, broadcast_, iteration_seed, world
 from ddsec.engine.inner import SGD, InnerOptimizer
+from ddsec.engine.learned import LEARNABLES, adam_rates
 from ddsec.engine.metagrad import meta_grads
 from ddsec.engine.objective import Objective
 from ddsec.engine.population import Params
@@ -162,9 +164,7 @@ def distill(
     iterations: int | None,
     n_models: int = 1,
     lr: float = 0.01,
-    lr_step_sizes: float | None = None,
-    lr_labels: float | None = None,
-    lr_momenta: float | None = None,
+    rates: Mapping[str, float | None] | None = None,
     betas: tuple[float, float] = (0.5, 0.999),
     decay_every: int | None = None,
     decay_factor: float = 0.5,
@@ -199,11 +199,10 @@ def distill(
             with ``replan``: chosen by it once the first iterations are timed.
         n_models: initial weights sampled per iteration (evaluated together, see ``batching``).
         lr: Adam learning rate for the images.
-        lr_step_sizes: Adam learning rate for the raw step sizes (default ``lr``).
-        lr_labels: Adam learning rate for ``synthetic.label_logits`` when the labels are learned
-            (default ``lr``).
-        lr_momenta: Adam learning rate for ``synthetic.raw_momenta`` when the momenta are learned
-            (default ``lr_step_sizes``, else ``lr``).
+        rates: Adam learning rate of each learned setting by name (``"lr"`` the step sizes,
+            ``"momentum"``, ``"labels"``); a setting without one takes its ``rate_from``'s
+            (:mod:`ddsec.engine.learned`: the step sizes' and the labels' default to ``lr``, the
+            momenta's to the step sizes').
         betas: Adam betas; the paper uses (0.5, 0.999).
         decay_every: multiply every learning rate by ``decay_factor`` every this many iterations.
         decay_factor: see ``decay_every``.
@@ -251,27 +250,21 @@ def distill(
         raise ValueError(f"on_nonfinite must be one of {', '.join(NONFINITE_POLICIES)}")
     fingerprint = dict(fingerprint or {})
     images = synthetic.images.detach().clone().requires_grad_(True)
-    raw_lrs = synthetic.raw_lrs.detach().clone().requires_grad_(True)
-    logits = None if synthetic.label_logits is None else synthetic.label_logits.detach().clone().requires_grad_(True)
-    momenta = None if synthetic.raw_momenta is None else synthetic.raw_momenta.detach().clone().requires_grad_(True)
+    order = [name for name in LEARNABLES if name in synthetic.learned]
+    learned = {name: synthetic.learned[name].detach().clone().requires_grad_(True) for name in order}
     if constraint is not None:
         constraint.project_(images)
-    current = SyntheticSet(images, synthetic.labels.detach().clone(), raw_lrs, synthetic.epochs, logits, momenta)
+    current = SyntheticSet(images, synthetic.labels.detach().clone(), learned, synthetic.epochs)
 
     def delivered() -> SyntheticSet:
         """The set the victims see: ``current`` with its images delivered under ``constraint``."""
-        if constraint is None:
-            return current
-        return SyntheticSet(constraint.deliver(images), current.labels, raw_lrs, current.epochs, logits, momenta)
+        return current if constraint is None else current.replaced(images=constraint.deliver(images))
 
-    # Every trainable tensor by its SyntheticSet attribute name (also its checkpoint key), with its
-    # Adam rate; the optional ones are None when not learned.
-    slots = [("images", images, lr), ("raw_lrs", raw_lrs, lr_step_sizes or lr), ("label_logits", logits, lr_labels or lr),
-             ("raw_momenta", momenta, lr_momenta or lr_step_sizes or lr)]
-    trained = [(name, tensor, rate) for name, tensor, rate in slots if tensor is not None]
-    names = [name for name, _, _ in trained]
-    learned = [tensor for _, tensor, _ in trained[2:]]  # the optional trained tensors, in order
-    groups = [{"params": [tensor], "lr": rate} for _, tensor, rate in trained]
+    # One Adam group per trained tensor, named by its checkpoint key.
+    rate_of = adam_rates(lr, dict(rates or {}), order)
+    names = ["images", *(LEARNABLES[name].key for name in order)]
+    trained = [images, *learned.values()]
+    groups = [{"params": [images], "lr": lr}] + [{"params": [learned[n]], "lr": rate_of[n]} for n in order]
     optimizer = torch.optim.Adam(groups, betas=betas)
     base_lrs = [group["lr"] for group in optimizer.param_groups]
     generator = torch.Generator().manual_seed(seed)
@@ -281,20 +274,15 @@ def distill(
 
     if resume:
         state = load_checkpoint(require_checkpoint(checkpoint_path), device=images.device)
-        if state.fingerprint != fingerprint:
-            changed = sorted(k for k in set(state.fingerprint) | set(fingerprint)
-                             if state.fingerprint.get(k) != fingerprint.get(k))
-            raise DDSecError(
-                f"checkpoint {checkpoint_path} was made with other settings ({', '.join(changed)});"
-                " rerun with the same options, or start over without --resume"
-            )
-        pairs = [(getattr(state.synthetic, name), tensor) for name, tensor, _ in slots]
-        if any((old is None) != (new is None) or (new is not None and old.shape != new.shape) for old, new in pairs):
-            raise DDSecError(f"checkpoint {checkpoint_path} holds a set of another shape; start over without --resume")
+        refuse_other_settings(f"checkpoint {checkpoint_path}", state.fingerprint, fingerprint)
+        stored = state.synthetic
+        if set(stored.learned) != set(learned) or stored.images.shape != images.shape or any(
+                stored.learned[name].shape != tensor.shape for name, tensor in learned.items()):
+            raise DDSecError(f"checkpoint {checkpoint_path} holds a set of another shape; start over with --force")
         with torch.no_grad():
-            for old, new in pairs:
-                if new is not None:
-                    new.copy_(old)
+            images.copy_(stored.images)
+            for name, tensor in learned.items():
+                tensor.copy_(stored.learned[name])
         _load_adam_state(optimizer, state.adam, names)
         if dual is not None:
             dual.load_state_dict(state.dual)
@@ -321,7 +309,7 @@ def distill(
 
     here = world()
     if here.size > 1:
-        broadcast_([images, raw_lrs, *learned])
+        broadcast_(trained)
         on_progress = on_progress if here.is_main else None
 
     def checkpoint(iteration: int) -> None:
@@ -354,21 +342,20 @@ def distill(
             x_real, y_real = objective.real_batch(generator)
             params = objective.init.sample(n_models, generator)
             inner, inner_plan = (inner_optimizer, None) if sample_inner is None else sample_inner(generator)
-            loss, images_grad, raw_grad, *learned_grads = meta_grads(
+            loss, images_grad, raw_grads = meta_grads(
                 model, params, delivered(), x_real, y_real, mode=mode, keep_graphs=keep_graphs, theta_every=theta_every,
                 batching=batching, loss_fn=objective.outer_loss, optimizer=inner, plan=inner_plan, compile=compile,
             )
-            learned_grads = [grad for grad in learned_grads if grad is not None]  # in the order of `learned`
+            learned_grads = [raw_grads[name] for name in order]
             if penalty is not None:
                 shown = delivered()
                 at = shown.images.detach().requires_grad_(True)
                 extra = penalty(params, at, shown.labels.detach())
                 loss, images_grad = loss + extra.detach(), images_grad + torch.autograd.grad(extra, at)[0]
             if here.size > 1:
-                loss, images_grad, raw_grad, *learned_grads = all_reduce_mean(
-                    [loss.reshape(1), images_grad, raw_grad, *learned_grads])
+                loss, images_grad, *learned_grads = all_reduce_mean([loss.reshape(1), images_grad, *learned_grads])
                 loss = loss[0]
-            if not _finite(loss, images_grad, raw_grad, *learned_grads):
+            if not _finite(loss, images_grad, *learned_grads):
                 backoffs_in_a_row += 1
                 total_backoffs += 1
                 if on_nonfinite == "stop" or backoffs_in_a_row > max_backoffs:
@@ -384,8 +371,7 @@ def distill(
                                          "backoff", planned()))
                 continue
             backoffs_in_a_row = 0
-            images.grad, raw_lrs.grad = images_grad, raw_grad
-            for tensor, grad in zip(learned, learned_grads):
+            for tensor, grad in zip(trained, [images_grad, *learned_grads]):
                 tensor.grad = grad
             optimizer.step()
             if constraint is not None:

@@ -36,7 +36,7 @@ class Scripted:
 
 
 def tiny_set(value: float) -> SyntheticSet:
-    return SyntheticSet(torch.full((1, 2, 1, 2, 2), value), torch.tensor([[0, 1]]), torch.zeros(1))
+    return SyntheticSet(torch.full((1, 2, 1, 2, 2), value), torch.tensor([[0, 1]]), {"lr": torch.zeros(1)})
 
 
 def test_lambda_moves_by_the_relative_violation_once_per_check_and_stays_in_range():

@@ -94,7 +94,7 @@ def join(rank: int, size: int, store: Path) -> None:
 def worker_distill(rank: int, store: Path, population: Path, out: Path) -> None:
     join(rank, 2, store)
     synthetic = run_distill(population, n_models=N_MODELS // 2, iterations=2)
-    save_file({"images": synthetic.images, "raw_lrs": synthetic.raw_lrs}, str(out / f"rank{rank}.safetensors"))
+    save_file({"images": synthetic.images, "lr": synthetic.learned["lr"]}, str(out / f"rank{rank}.safetensors"))
     dist.destroy_process_group()
 
 
@@ -165,9 +165,9 @@ def test_two_processes_equal_one_process_seeing_the_union(tmp_path, monkeypatch)
     assert spawn(monkeypatch, worker_distill, tmp_path / "store", population, tmp_path) == [0, 0]
     ranks = [load_file(str(tmp_path / f"rank{r}.safetensors")) for r in range(2)]
     single = run_distill(population, n_models=N_MODELS, iterations=2)
-    for name in ("images", "raw_lrs"):
+    for name, want in (("images", single.images), ("lr", single.learned["lr"])):
         torch.testing.assert_close(ranks[0][name], ranks[1][name], rtol=0, atol=0)  # ranks stay in lockstep
-        torch.testing.assert_close(ranks[0][name], getattr(single, name), rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(ranks[0][name], want, rtol=1e-9, atol=1e-12)
     assert not torch.equal(ranks[0]["images"], start_set().images)
 
 

@@ -12,8 +12,8 @@ from ddsec.engine import ClassificationObjective, FixedInit, RealBatches, distil
 def learned(tiny_synthetic):
     synthetic = tiny_synthetic.with_learnable_labels(3, confidence=0.8)
     gen = torch.Generator().manual_seed(3)
-    synthetic.label_logits = synthetic.label_logits + 0.3 * torch.randn(synthetic.label_logits.shape, generator=gen,
-                                                                        dtype=torch.float64)
+    logits = synthetic.learned["labels"]
+    synthetic.learned["labels"] = logits + 0.3 * torch.randn(logits.shape, generator=gen, dtype=torch.float64)
     return synthetic
 
 
@@ -31,22 +31,21 @@ def test_label_gradient_matches_autograd(tiny_cnn, learned, real_batch, keep_gra
     params = dict(tiny_cnn.named_parameters())
     hvp = meta_grads(tiny_cnn, params, learned, *real_batch, keep_graphs=keep_graphs)
     ref = meta_grads(tiny_cnn, params, learned, *real_batch, mode="autograd")
-    assert hvp.label_logits.shape == learned.label_logits.shape and hvp.label_logits.abs().sum() > 0
-    assert hvp.raw_momenta is None and ref.raw_momenta is None
-    for a, b in zip(hvp[:4], ref[:4]):
-        assert torch.allclose(a, b, atol=1e-12, rtol=1e-9)
+    assert hvp.learned["labels"].shape == learned.learned["labels"].shape and hvp.learned["labels"].abs().sum() > 0
+    assert hvp.learned.keys() == ref.learned.keys() == {"lr", "labels"}
+    torch.testing.assert_close(hvp.fields(), ref.fields(), atol=1e-12, rtol=1e-9)
     assert len(meta_grad(tiny_cnn, params, learned, *real_batch)) == 3
 
 
 def test_label_gradient_matches_finite_differences(tiny_cnn, learned, real_batch):
     params = dict(tiny_cnn.named_parameters())
-    grad = meta_grads(tiny_cnn, params, learned, *real_batch).label_logits
+    grad = meta_grads(tiny_cnn, params, learned, *real_batch).learned["labels"]
     eps, index = 1e-6, (1, 2, 0)
     shifted = []
     for sign in (1, -1):
-        logits = learned.label_logits.clone()
+        logits = learned.learned["labels"].clone()
         logits[index] += sign * eps
-        learned_shift = type(learned)(learned.images, learned.labels, learned.raw_lrs, learned.epochs, logits)
+        learned_shift = learned.replaced(learned={**learned.learned, "labels": logits})
         shifted.append(meta_grads(tiny_cnn, params, learned_shift, *real_batch).loss)
     assert float((shifted[0] - shifted[1]) / (2 * eps)) == pytest.approx(float(grad[index]), rel=1e-5, abs=1e-9)
 
@@ -54,11 +53,11 @@ def test_label_gradient_matches_finite_differences(tiny_cnn, learned, real_batch
 def test_outer_loop_learns_labels_and_resumes_exactly(tiny_cnn, learned, real_batch, tmp_path):
     x, y = real_batch
     objective = ClassificationObjective(tiny_cnn, FixedInit(dict(tiny_cnn.named_parameters())), RealBatches(x, y, 8))
-    kwargs = dict(iterations=4, lr=0.01, lr_labels=0.1, seed=0)
+    kwargs = dict(iterations=4, lr=0.01, rates={"labels": 0.1}, seed=0)
     full = distill(objective, learned, **kwargs)
-    assert not torch.equal(full.synthetic.label_logits, learned.label_logits)
+    assert not torch.equal(full.synthetic.learned["labels"], learned.learned["labels"])
     ckpt = tmp_path / "c.safetensors"
     distill(objective, learned, **(kwargs | {"iterations": 2}), checkpoint_path=ckpt)
     resumed = distill(objective, learned, **kwargs, checkpoint_path=ckpt, resume=True)
-    assert torch.equal(resumed.synthetic.label_logits, full.synthetic.label_logits)
+    assert torch.equal(resumed.synthetic.learned["labels"], full.synthetic.learned["labels"])
     assert torch.equal(resumed.synthetic.images, full.synthetic.images)

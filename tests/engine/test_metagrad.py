@@ -40,18 +40,18 @@ def test_gradients_match_finite_differences(tiny_cnn, tiny_synthetic, real_batch
     _, img_grad, lr_grad = meta_grad(tiny_cnn, params, tiny_synthetic, x, y, mode=mode)
     eps = 1e-6
     for t in (0, 4):
-        plus, minus = tiny_synthetic.raw_lrs.clone(), tiny_synthetic.raw_lrs.clone()
+        plus, minus = tiny_synthetic.learned["lr"].clone(), tiny_synthetic.learned["lr"].clone()
         plus[t] += eps
         minus[t] -= eps
-        fd = (_loss(tiny_cnn, params, SyntheticSet(tiny_synthetic.images, tiny_synthetic.labels, plus, 2), x, y)
-              - _loss(tiny_cnn, params, SyntheticSet(tiny_synthetic.images, tiny_synthetic.labels, minus, 2), x, y)) / (2 * eps)
+        fd = (_loss(tiny_cnn, params, SyntheticSet(tiny_synthetic.images, tiny_synthetic.labels, {"lr": plus}, 2), x, y)
+              - _loss(tiny_cnn, params, SyntheticSet(tiny_synthetic.images, tiny_synthetic.labels, {"lr": minus}, 2), x, y)) / (2 * eps)
         assert fd == pytest.approx(float(lr_grad[t]), rel=1e-6, abs=1e-10)
     for index in [(0, 0, 0, 2, 3), (2, 5, 0, 1, 4)]:
         plus, minus = tiny_synthetic.images.clone(), tiny_synthetic.images.clone()
         plus[index] += eps
         minus[index] -= eps
-        fd = (_loss(tiny_cnn, params, SyntheticSet(plus, tiny_synthetic.labels, tiny_synthetic.raw_lrs, 2), x, y)
-              - _loss(tiny_cnn, params, SyntheticSet(minus, tiny_synthetic.labels, tiny_synthetic.raw_lrs, 2), x, y)) / (2 * eps)
+        fd = (_loss(tiny_cnn, params, tiny_synthetic.replaced(images=plus), x, y)
+              - _loss(tiny_cnn, params, tiny_synthetic.replaced(images=minus), x, y)) / (2 * eps)
         assert fd == pytest.approx(float(img_grad[index]), rel=1e-5, abs=1e-10)
 
 
@@ -79,7 +79,7 @@ def test_float32_close_to_float64(tiny_cnn, make_cnn, tiny_synthetic, real_batch
     x, y = real_batch
     ref = meta_grad(tiny_cnn, dict(tiny_cnn.named_parameters()), tiny_synthetic, x, y)
     model32 = make_cnn(dtype=torch.float32)
-    syn32 = SyntheticSet(tiny_synthetic.images.float(), tiny_synthetic.labels, tiny_synthetic.raw_lrs.float(), 2)
+    syn32 = SyntheticSet(tiny_synthetic.images.float(), tiny_synthetic.labels, {"lr": tiny_synthetic.learned["lr"].float()}, 2)
     out = meta_grad(model32, dict(model32.named_parameters()), syn32, x.float(), y)
     assert out[1].dtype == torch.float32
     assert rel_err(out[1].double(), ref[1]) < 1e-4
@@ -89,7 +89,7 @@ def test_float32_close_to_float64(tiny_cnn, make_cnn, tiny_synthetic, real_batch
 def test_soft_labels_supported(tiny_cnn, tiny_synthetic, real_batch):
     x, y = real_batch
     soft = torch.softmax(torch.randn(3, 6, 3, dtype=torch.float64), -1)
-    synthetic = SyntheticSet(tiny_synthetic.images, soft, tiny_synthetic.raw_lrs, 2)
+    synthetic = SyntheticSet(tiny_synthetic.images, soft, tiny_synthetic.learned, 2)
     hvp = meta_grad(tiny_cnn, dict(tiny_cnn.named_parameters()), synthetic, x, y)
     ref = meta_grad(tiny_cnn, dict(tiny_cnn.named_parameters()), synthetic, x, y, mode="autograd")
     assert rel_err(hvp[1], ref[1]) < 1e-10
@@ -112,12 +112,18 @@ def test_input_errors(tiny_cnn, tiny_synthetic, real_batch):
 def test_synthetic_set_validation():
     images = torch.zeros(2, 4, 1, 3, 3)
     labels = torch.zeros(2, 4, dtype=torch.int64)
-    with pytest.raises(ValueError, match="raw_lrs"):
-        SyntheticSet(images, labels, torch.zeros(3), epochs=2)
+    with pytest.raises(ValueError, match="'lr' must be \\[T\\]"):
+        SyntheticSet(images, labels, {"lr": torch.zeros(3)}, epochs=2)
+    with pytest.raises(ValueError, match="needs 'lr'"):
+        SyntheticSet(images, labels, {}, epochs=2)
+    with pytest.raises(ValueError, match="unknown learned setting 'beta'"):
+        SyntheticSet(images, labels, {"lr": torch.zeros(4), "beta": torch.zeros(4)}, epochs=2)
+    with pytest.raises(ValueError, match="'labels' must be"):
+        SyntheticSet(images, labels, {"lr": torch.zeros(4), "labels": torch.zeros(2, 3, 2)}, epochs=2)
     with pytest.raises(ValueError, match="labels"):
-        SyntheticSet(images, labels[:, :3], torch.zeros(4), epochs=2)
+        SyntheticSet(images, labels[:, :3], {"lr": torch.zeros(4)}, epochs=2)
     with pytest.raises(ValueError, match="int64"):
-        SyntheticSet(images, labels.int(), torch.zeros(2), epochs=1)
+        SyntheticSet(images, labels.int(), {"lr": torch.zeros(2)}, epochs=1)
     created = SyntheticSet.create(num_classes=2, ipc=2, steps=2, epochs=3, image_shape=(1, 3, 3), init_lr=0.02)
     assert created.labels[0].tolist() == [0, 0, 1, 1]
     assert created.total_steps == 6

@@ -13,9 +13,9 @@ from ddsec.engine.population import population_forward
 
 @pytest.fixture
 def with_momentum(tiny_synthetic):
-    synthetic = tiny_synthetic.with_learnable_momentum(0.5)
+    synthetic = tiny_synthetic.with_learned("momentum", 0.5)
     gen = torch.Generator().manual_seed(4)
-    synthetic.raw_momenta = synthetic.raw_momenta + torch.randn(6, generator=gen, dtype=torch.float64)
+    synthetic.learned["momentum"] = synthetic.learned["momentum"] + torch.randn(6, generator=gen, dtype=torch.float64)
     return synthetic
 
 
@@ -26,24 +26,20 @@ def test_momentum_gradient_matches_autograd(tiny_cnn, with_momentum, real_batch,
     params = dict(tiny_cnn.named_parameters())
     hvp = meta_grads(tiny_cnn, params, synthetic, *real_batch, keep_graphs=keep_graphs)
     ref = meta_grads(tiny_cnn, params, synthetic, *real_batch, mode="autograd")
-    assert hvp.raw_momenta.shape == (6,) and hvp.raw_momenta[1:].abs().min() > 0
-    assert hvp.raw_momenta[0] == 0  # μ_0 meets the zero velocity
-    for a, b in zip(hvp, ref):
-        if a is None:
-            assert b is None
-        else:
-            assert torch.allclose(a, b, atol=1e-12, rtol=1e-9)
+    assert hvp.learned["momentum"].shape == (6,) and hvp.learned["momentum"][1:].abs().min() > 0
+    assert hvp.learned["momentum"][0] == 0  # μ_0 meets the zero velocity
+    torch.testing.assert_close(hvp.fields(), ref.fields(), atol=1e-12, rtol=1e-9)
 
 
 def test_momentum_gradient_matches_finite_differences(tiny_cnn, with_momentum, real_batch):
     params = dict(tiny_cnn.named_parameters())
-    grad = meta_grads(tiny_cnn, params, with_momentum, *real_batch).raw_momenta
+    grad = meta_grads(tiny_cnn, params, with_momentum, *real_batch).learned["momentum"]
     eps, index = 1e-6, 3
     shifted = []
     for sign in (1, -1):
-        raw = with_momentum.raw_momenta.clone()
+        raw = with_momentum.learned["momentum"].clone()
         raw[index] += sign * eps
-        moved = SyntheticSet(with_momentum.images, with_momentum.labels, with_momentum.raw_lrs, 2, raw_momenta=raw)
+        moved = with_momentum.replaced(learned={**with_momentum.learned, "momentum": raw})
         shifted.append(meta_grads(tiny_cnn, params, moved, *real_batch).loss)
     assert float((shifted[0] - shifted[1]) / (2 * eps)) == pytest.approx(float(grad[index]), rel=1e-5, abs=1e-9)
 
@@ -69,18 +65,18 @@ def test_outer_loop_learns_momenta_and_resumes_exactly(tiny_cnn, with_momentum, 
     objective = ClassificationObjective(tiny_cnn, FixedInit(dict(tiny_cnn.named_parameters())), RealBatches(x, y, 8))
     kwargs = dict(iterations=4, lr=0.01, seed=0)
     full = distill(objective, with_momentum, **kwargs)
-    assert not torch.equal(full.synthetic.raw_momenta[1:], with_momentum.raw_momenta[1:])
+    assert not torch.equal(full.synthetic.learned["momentum"][1:], with_momentum.learned["momentum"][1:])
     ckpt = tmp_path / "c.safetensors"
     distill(objective, with_momentum, **(kwargs | {"iterations": 2}), checkpoint_path=ckpt)
     resumed = distill(objective, with_momentum, **kwargs, checkpoint_path=ckpt, resume=True)
     assert resumed.resumed_from == 2
-    assert torch.equal(resumed.synthetic.raw_momenta, full.synthetic.raw_momenta)
+    assert torch.equal(resumed.synthetic.learned["momentum"], full.synthetic.learned["momentum"])
     assert torch.equal(resumed.synthetic.images, full.synthetic.images)
 
 
 def test_momentum_must_lie_in_the_unit_interval(tiny_synthetic):
+    with pytest.raises(ValueError, match="momenta must lie"):
+        tiny_synthetic.with_learned("momentum", 1.0)
     with pytest.raises(ValueError, match="momentum"):
-        tiny_synthetic.with_learnable_momentum(1.0)
-    with pytest.raises(ValueError, match="raw_momenta"):
-        SyntheticSet(tiny_synthetic.images, tiny_synthetic.labels, tiny_synthetic.raw_lrs, 2,
-                     raw_momenta=torch.zeros(3, dtype=torch.float64))
+        SyntheticSet(tiny_synthetic.images, tiny_synthetic.labels,
+                     {**tiny_synthetic.learned, "momentum": torch.zeros(3, dtype=torch.float64)}, 2)

@@ -63,7 +63,7 @@ def test_resume_reproduces_uninterrupted_run(tmp_path):
                       checkpoint_every=3, resume=True, fingerprint={"ipc": 1})
     assert resumed.resumed_from == 3
     assert torch.equal(resumed.synthetic.images, full.synthetic.images)
-    assert torch.equal(resumed.synthetic.raw_lrs, full.synthetic.raw_lrs)
+    assert torch.equal(resumed.synthetic.learned["lr"], full.synthetic.learned["lr"])
     assert torch.equal(resumed.losses, full.losses)
     assert not list(tmp_path.glob(".*.tmp"))
 
