@@ -24,7 +24,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from ddsec.cli import app, zoo_cmd
+from ddsec.cli import app, common
 from ddsec.condense.protocol import default_protocol
 from ddsec.export import load_distilled
 from ddsec.models_zoo import create_model
@@ -175,10 +175,10 @@ def test_readme_command_runs(command, workspace, monkeypatch):
     monkeypatch.setenv("DDSEC_DATA", str(data))
     monkeypatch.setenv("DDSEC_ZOO", str(zoo))
     # populations trained on first use: the real path, with fewer and shorter-trained models
-    monkeypatch.setattr(zoo_cmd, "AUTO_COUNT", 3)
-    monkeypatch.setattr(zoo_cmd, "AUTO_HELDOUT", 2)
-    monkeypatch.setattr(zoo_cmd, "train_with_bars", functools.partial(zoo_cmd.train_with_bars,
-                                                                      recipe=TrainRecipe(steps=5)))
+    monkeypatch.setattr(common, "AUTO_COUNT", 3)
+    monkeypatch.setattr(common, "AUTO_HELDOUT", 2)
+    monkeypatch.setattr(common, "train_with_bars", functools.partial(common.train_with_bars,
+                                                                     recipe=TrainRecipe(steps=5)))
     full = tiny(args, data)
     result = runner.invoke(app, full)
     assert result.exit_code == 0, f"{shlex.join(full)}\n{result.output}"

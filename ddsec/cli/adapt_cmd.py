@@ -41,7 +41,7 @@ def adapt(
     weights: Optional[str] = typer.Option(None, help="--init fixed: the source model's weights (default: the population's first model); imagenet: torchvision's AlexNet .pth or .safetensors."),
     zoo: Optional[str] = O.ZOO,
     n_models: int = typer.Option(A.n_models, help="Source models drawn per outer iteration."),
-    iterations: Optional[int] = typer.Option(None, help=f"Outer iterations (default {A.iterations}, or what --budget allows)."),
+    iterations: Optional[int] = typer.Option(None, help=f"Outer iterations (default: the pair's recipe, else {A.iterations}; or what --budget allows)."),
     budget: Optional[str] = O.BUDGET,
     decay_fraction: Optional[float] = O.DECAY_FRACTION,
     batch_size: int = typer.Option(A.batch_size, help="Real target images per outer iteration."),
@@ -76,8 +76,7 @@ def adapt(
     relaunch(nproc)
     from ddsec.adapt import adapt_meta, finetune_reference, pair_defaults, prepare_adapt
     from ddsec.baselines import check_kinds
-    from ddsec.cli.eval_cmd import baseline_table, run_baselines
-    from ddsec.cli.zoo_cmd import train_on_first_use
+    from ddsec.cli.common import baseline_table, run_baselines, train_on_first_use
     from ddsec.distill import resolve_device, run_distill
     from ddsec.export import save_distilled
     from ddsec.models_zoo.train import TrainRecipe
@@ -87,7 +86,9 @@ def adapt(
         raise DDSecError("--baseline knn does not adapt a model; use random, optimized, kmeans or average")
     if finetune_steps < 0:
         raise DDSecError(f"--finetune-steps must not be negative, got {finetune_steps}")
-    iterations, budget, notes = O.iterations_or_budget(iterations, budget, A.iterations)
+    planned, notes = O.with_recipe("adapt", f"{src}:{tgt}", dict(iterations=iterations, budget=budget,
+                                                                 decay_fraction=decay_fraction), A.iterations)
+    iterations, budget, decay_fraction = planned["iterations"], planned["budget"], planned.get("decay_fraction")
     every = O.eval_interval(eval_every, iterations)
     chosen = {k: v for k, v in dict(model=model, steps=steps, epochs=epochs, init=init).items() if v is not None}
     settings = pair_defaults(src) | chosen

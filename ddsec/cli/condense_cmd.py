@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ddsec.cli import options as O
-from ddsec.cli.eval_cmd import StageBars
+from ddsec.cli.common import StageBars
 from ddsec.cli.render import err, out, percent, print_json, result_table, say_where_resumed
 from ddsec.errors import DDSecError
 

@@ -6,7 +6,6 @@ With ``--baseline KIND`` it also evaluates the paper's Table 1 baselines of the 
 
 from __future__ import annotations
 
-from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -14,43 +13,17 @@ import typer
 from rich.table import Table
 
 from ddsec.cli import options as O
-from ddsec.cli.render import err, out, percent, print_json, print_notes, progress_bar, result_table, user_errors
+from ddsec.cli.common import StageBars, baseline_table, run_baselines
+from ddsec.cli.render import err, out, percent, print_json, print_notes, result_table, user_errors
 from ddsec.errors import DDSecError
 
 if TYPE_CHECKING:
-    from ddsec.baselines import BaselineResult, Report
     from ddsec.distill import DistillJob
     from ddsec.evaluate import EvalResult
-    from ddsec.export import DistilledMeta, DistilledSet
+    from ddsec.export import DistilledSet
 
 BASELINE_HELP = ("Also evaluate a Table 1 baseline of the same size: random | optimized | kmeans | average | knn"
                  " | all (repeatable). FILE gives the dataset, model, init, steps, epochs, ipc and learned step sizes.")
-
-
-class StageBars:
-    """One rich progress bar per (baseline, stage), opened when that stage first reports."""
-
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
-        self.stack = ExitStack()
-        self.key: tuple[str, str] | None = None
-        self.update = lambda done, info="": None
-
-    def reporter(self, kind: str) -> Report:
-        """An ``on_progress(stage, done, total, info="")`` callback for baseline (or method) ``kind``."""
-
-        def report(stage: str, done: int, total: int, info: str = "") -> None:
-            if (kind, stage) != self.key:
-                self.stack.close()
-                self.key = (kind, stage)
-                self.update = self.stack.enter_context(progress_bar(f"{kind}: {stage}", total, quiet=self.quiet))
-            self.update(done, info)
-
-        return report
-
-    def close(self) -> None:
-        """Close the open bar, if any."""
-        self.stack.close()
 
 
 @user_errors
@@ -151,42 +124,3 @@ def train_epochs(dset: DistilledSet, job: DistillJob, *, models: int, epochs: in
         bars.close()
     rows = [("protocol", f"train-epochs ({chosen_by}): {epochs} epochs, SGD, augmentation {augmentation}")]
     return result, rows
-
-
-def run_baselines(dset: DistilledSet, job: DistillJob, kinds: tuple[str, ...], *, models: int, grid_models: int,
-                  candidates: int, seed: int, quiet: bool) -> dict[str, BaselineResult]:
-    """Evaluate each baseline on ``dset``'s run (same data, model and held-out ``p(θ0)``)."""
-    from ddsec.baselines import run_baseline
-
-    bars = StageBars(quiet)
-    results: dict[str, BaselineResult] = {}
-    try:
-        for kind in kinds:  # random comes before optimized, which reuses its grid
-            results[kind] = run_baseline(
-                kind, model=job.model, heldout=job.heldout, train=job.train, test=job.test, steps=dset.steps,
-                epochs=dset.meta.epochs, ipc=dset.meta.ipc, learned_lrs=dset.lrs, learned_momenta=dset.momenta,
-                n_models=models, seed=seed,
-                device=job.device, grid_models=grid_models, candidates=candidates,
-                random_grid=results["random"].grid if "random" in results else None,
-                on_progress=bars.reporter(kind))
-    finally:
-        bars.close()
-    return results
-
-
-def baseline_table(meta: DistilledMeta, summary: dict, baselines: dict[str, BaselineResult]) -> Table:
-    """The distilled set's accuracy next to each baseline's (Table 1 of the paper)."""
-    table = Table(title="distilled set vs baselines (step size and epochs selected on test images)",
-                  title_justify="left")
-    for column in ("method", "step size", "epochs", "models", "accuracy"):
-        table.add_column(column, style="bold" if column == "method" else None)
-    table.add_row("distilled (this file)", "learned", str(meta.epochs), str(summary["models"]),
-                  percent(summary["acc_mean"], summary["acc_std"]))
-    for kind, result in baselines.items():
-        s = result.summary()
-        method = "knn (random real)" if kind == "knn" else kind
-        table.add_row(method, *("—" if s[k] is None else str(s[k]) for k in ("lr", "epochs", "models")),
-                      percent(s["acc_mean"], s["acc_std"]))
-        if "kmeans_knn_acc" in result.details:
-            table.add_row("knn (k-means centroids)", "—", "—", "1", percent(result.details["kmeans_knn_acc"]))
-    return table

@@ -90,7 +90,7 @@ def poison(
         raise DDSecError("--pairs runs in one process: drop --nproc")
     relaunch(nproc)
     from ddsec.attacks import FLIP_KINDS, prepare_poison, run_poison
-    from ddsec.cli.zoo_cmd import train_on_first_use
+    from ddsec.cli.common import train_on_first_use
     from ddsec.defences.evasion import parse_evade
     from ddsec.distill import resolve_device
 

@@ -2,42 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import ExitStack
 from typing import Optional
 
 import typer
 from rich.table import Table
 
+from ddsec.cli import common
 from ddsec.cli import options as O
 from ddsec.cli.launch import NPROC, relaunch
-from ddsec.cli.render import err, out, percent, print_json, progress_bar, user_errors
+from ddsec.cli.render import out, percent, print_json, user_errors
 from ddsec.distill import resolve_device
 from ddsec.models_zoo.train import TrainRecipe
-from ddsec.models_zoo.zoo import AUTO_COUNT, AUTO_HELDOUT, entry_name, list_populations, mean_accuracy, train_entry, zoo_root
+from ddsec.models_zoo.zoo import entry_name, list_populations, mean_accuracy, zoo_root
 
 zoo = typer.Typer(help="Populations of pretrained classifiers (for poison and adapt).", no_args_is_help=True)
-
-
-def train_with_bars(quiet: bool = False, **kwargs) -> dict[str, dict]:
-    """:func:`train_entry` with one progress bar per population (shared by poison and adapt)."""
-    bars: dict[str, Callable[..., None]] = {}
-    with ExitStack() as stack:
-        def report(role: str, done: int, total: int) -> None:
-            if role not in bars:
-                stack.close()  # finish the previous population's bar
-                bars[role] = stack.enter_context(progress_bar(f"training {role} models", total, quiet=quiet))
-            bars[role](done, "model-steps")
-
-        return train_entry(on_progress=report, **kwargs)
-
-
-def train_on_first_use(name: str, *, dataset: str, model: str, quiet: bool, **kwargs) -> None:
-    """Train the small default population ``name`` that ``poison`` or ``adapt`` needs, saying so."""
-    err.print(f"no population {name!r} in the zoo yet: training {AUTO_COUNT} + {AUTO_HELDOUT} {model} models on"
-              f" {dataset} once (use `ddsec zoo train` for larger populations)")
-    train_with_bars(quiet=quiet, name=name, dataset=dataset, model_name=model, count=AUTO_COUNT,
-                    heldout=AUTO_HELDOUT, **kwargs)
 
 
 @zoo.command("train")
@@ -75,7 +53,7 @@ def train(
     recipe = TrainRecipe(steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay, init=init)
     entry = name or entry_name(dataset, model)
     start = time.perf_counter()
-    metas = train_with_bars(quiet=quiet, name=entry, dataset=dataset, model_name=model, count=count, heldout=heldout,
+    metas = common.train_with_bars(quiet=quiet, name=entry, dataset=dataset, model_name=model, count=count, heldout=heldout,
                             recipe=recipe, seed=seed, root=root, data_dir=data_dir, download=download, image_size=image_size,
                             channels=channels, device=resolve_device(device), group=group, batching=batching)
     seconds = time.perf_counter() - start
