@@ -21,6 +21,10 @@ outer iteration, their ratios, the largest relative gradient difference from eag
 compile time of the first call, in this process (a fresh, empty inductor cache) and in a second
 process reading the cache the first wrote.
 
+``--only precision``: on (a), ``--iters`` draws of the models, the eager ``hvp`` gradients with
+the models vmapped and looped, in float32 and in float64: their largest relative difference per
+draw (how far float32 rounding, amplified over the ``T = 30`` inner steps, moves them apart).
+
 Each configuration of the other parts runs in a fresh subprocess so that its peak memory is its own: the figure is
 the rise of the process's resident-set high-water mark (``ru_maxrss``) over its RSS just before
 the first outer iteration. ``--only memory`` on CPU also reports the peak of live tensor bytes
@@ -32,6 +36,7 @@ of ``--iters`` iterations after one warm-up.
     python benchmarks/engine.py --cases a --iters 2
     python benchmarks/engine.py --only memory --iters 1
     python benchmarks/engine.py --only compile --iters 5
+    python benchmarks/engine.py --only precision --iters 5
 """
 
 from __future__ import annotations
@@ -233,14 +238,38 @@ def compiled(args: argparse.Namespace) -> None:
           f" {cached:.1f} s in a second process (reading the cache)")
 
 
+def precision(args: argparse.Namespace) -> None:
+    """``--only precision``: loop against vmap on (a), float32 and float64, one line per draw."""
+    import torch
+
+    from ddsec.engine import meta_grads
+
+    model, synthetic, x, y, init, gen = _case_a(args.device)
+    print(f"(a) {CASES['a']['model']}, eager hvp, max |vmap − loop| / max |loop| per draw of {args.models} models")
+    for draw in range(args.iters):
+        params = init.sample(args.models, gen)
+        cells = []
+        for dtype in (torch.float32, torch.float64):
+            setting = synthetic.replaced(images=synthetic.images.to(dtype),
+                                         learned={k: v.to(dtype) for k, v in synthetic.learned.items()})
+            typed = {k: v.to(dtype) for k, v in params.items()}
+            vmapped, looped = (meta_grads(model.to(dtype), typed, setting, x.to(dtype), y, batching=batching)
+                               for batching in ("vmap", "loop"))
+            for name in ("images", "lr"):
+                got, want = vmapped.fields()[name], looped.fields()[name]
+                cells.append(f"{str(dtype).removeprefix('torch.')} {name} {float((got - want).abs().max() / want.abs().max()):.1e}")
+        print(f"draw {draw}: " + " · ".join(cells), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default="ab")
     parser.add_argument("--iters", type=int, default=2)
     parser.add_argument("--models", type=int, default=4)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (peak memory is then GPU memory)")
-    parser.add_argument("--only", choices=["memory", "compile"],
-                        help="run only this part (memory: the checkpointed hvp on (b); compile: the compiled hvp on (a))")
+    parser.add_argument("--only", choices=["memory", "compile", "precision"],
+                        help="run only this part (memory: the checkpointed hvp on (b); compile: the compiled hvp on (a);"
+                             " precision: loop vs vmap on (a) in float32 and float64)")
     parser.add_argument("--epochs", type=int, help="--only memory: epochs of (b) (default 3: T = 30)")
     parser.add_argument("--worker", nargs=4, metavar=("CASE", "MODE", "KEEP", "BATCHING"), help=argparse.SUPPRESS)
     parser.add_argument("--theta-every", help=argparse.SUPPRESS)
@@ -263,12 +292,16 @@ def main() -> None:
 
     where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{torch.get_num_threads()} threads"
     models = "one model" if args.only == "memory" else f"{args.models} models"
-    print(f"torch {torch.__version__}, {where}, {models} per iteration, {args.iters} timed iterations after 1 warm-up")
+    timing = "" if args.only == "precision" else f", {args.iters} timed iterations after 1 warm-up"
+    print(f"torch {torch.__version__}, {where}, {models} per iteration{timing}")
     if args.only == "memory":
         memory(args)
         return
     if args.only == "compile":
         compiled(args)
+        return
+    if args.only == "precision":
+        precision(args)
         return
     print(f"{'case':<16}{'mode':<14}{'batching':<9}{'s/iter':>9}{'peak MiB':>10}")
     rows = {}
