@@ -23,7 +23,6 @@ clean-label batch); ``pixels="free"`` gives the paper's unconstrained images.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -43,28 +42,25 @@ from ddsec.distill import (
     build_model,
     config_from_meta,
     initial_synthetic,
-    optimize,
     prepare_distill,
-    quick_check_due,
     to_distilled,
 )
 from ddsec.engine import (
-    DEFAULT_CHECKPOINT_SECONDS,
     ClassificationObjective,
+    DistillResult,
     InnerOptimizer,
     InnerStep,
     InitDistribution,
     PopulationInit,
-    Progress,
     RealBatches,
     SyntheticSet,
-    world,
 )
 from ddsec.errors import DDSecError
 from ddsec.evaluate import heldout_count
 from ddsec.export import DistilledMeta, DistilledSet
 from ddsec.models_zoo import load_population
 from ddsec.models_zoo.zoo import check_fits, entry_name, resolve_pair, resolve_population
+from ddsec.pipeline import Setup, run
 
 POISON_INITS = ("population", "pretrained")
 PIXELS = ("valid", "free")
@@ -232,84 +228,87 @@ def other_population(name: str, base: DistillJob, zoo: str | None) -> tuple[nn.M
     return model, PopulationInit(load_population(path, device=base.device)), str(path)
 
 
-def run_poison(
-    job: PoisonJob,
-    *,
-    checkpoint_path: str | Path | None = None,
-    resume: bool = False,
-    checkpoint_seconds: float | None = DEFAULT_CHECKPOINT_SECONDS,
-    eval_every: int | None = None,
-    eval_times: int = 0,
-    on_progress: Callable[[Progress, float | None], None] | None = None,
-) -> PoisonOutcome | None:
-    """Learn the poisoning batch, evaluate it on held-out models and build the exportable set.
+class PoisonTask:
+    """The attack as a :class:`ddsec.pipeline.Task`: the relabelled outer objective over the crafting
+    population (a collateral budget's dual player, deliverable pixels, victims and an evasion
+    penalty as hooks), judged by attack success on held-out models.
 
-    Under a collateral budget the batch delivered is the strongest measured within it (see
-    :meth:`~ddsec.attacks.collateral.CollateralBudget.choose`), else the last one. In a distributed
-    run every rank learns the batch; rank 0 alone evaluates and returns the outcome, the others
-    return ``None``.
-
-    Args:
-        checkpoint_seconds: also checkpoint at least this often (wall-clock seconds).
-        eval_every: every this many iterations, measure the attack success rate on a quick
-            sample (up to 5 held-out models, up to 2000 test images) and pass it to ``on_progress``.
-        eval_times: without ``eval_every``, that many quick checks spread over the run.
+    The training check's models and images are held out of crafting (:func:`hold_out`); under a
+    collateral budget the batch delivered is the strongest measured within it (see
+    :meth:`~ddsec.attacks.collateral.CollateralBudget.choose`), else the last one.
     """
-    cfg, base = job.cfg, job.base
-    train, test = base.train, base.test
-    start_set = initial_synthetic(base)
-    craft_init, craft_images, check_init, check_images = hold_out(base.init, train, seed=cfg.seed + 11)
-    check = TrainingCheck(base.model, check_init, check_images, attack=cfg.attack, target=cfg.target,
-                          seed=cfg.seed + 11, victims=tuple(parse_victim(spec) for spec in cfg.victims),
-                          clean=craft_images)
-    budget = None if cfg.max_collateral is None else CollateralBudget(
-        check, cfg.max_collateral, start_set, num_classes=train.num_classes, attack=cfg.attack, target=cfg.target)
-    objective = ClassificationObjective(
-        base.model, craft_init, RealBatches(craft_images.images, craft_images.labels, cfg.batch_size, base.device),
-        relabel=outer_targets(cfg, train.num_classes, budget),
-    )
-    quick = test.subset(torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:2000])
 
-    def report(progress: Progress) -> None:
-        if on_progress is None:
-            return
-        asr = None
-        if quick_check_due(progress, eval_every, eval_times):
-            asr = evaluate_attack(base.model, base.heldout, progress.synthetic, quick, attack=cfg.attack,
-                                  target=cfg.target, n_models=min(5, cfg.eval_models),
-                                  seed=cfg.seed + 7).summary()["asr_mean"]
-        on_progress(progress, asr)
+    def __init__(self, job: PoisonJob) -> None:
+        cfg, base = job.cfg, job.base
+        self.poison, self.job, self.cfg = job, base, cfg
+        self.craft_init, self.craft_images, check_init, check_images = hold_out(base.init, base.train,
+                                                                                seed=cfg.seed + 11)
+        self.check = TrainingCheck(base.model, check_init, check_images, attack=cfg.attack, target=cfg.target,
+                                   seed=cfg.seed + 11, victims=tuple(parse_victim(spec) for spec in cfg.victims),
+                                   clean=self.craft_images)
+        self.budget: CollateralBudget | None = None
+        self.start_set: SyntheticSet | None = None
+        test = base.test
+        self.quick = test.subset(torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:2000])
 
-    constraint = pixel_constraint(cfg, train, start_set.images)
-    start = time.perf_counter()
-    result = optimize(base, objective, start_set, checkpoint_path=checkpoint_path, resume=resume,
-                      checkpoint_seconds=checkpoint_seconds, constraint=constraint,
-                      sample_inner=victim_sampler(cfg, train, start_set, base.device), dual=budget,
-                      penalty=evasion_penalty(cfg, base.model, train, base.device), on_progress=report)
-    seconds = time.perf_counter() - start
-    if not world().is_main:
-        return None
-    done = len(result.losses)
-    final = result.synthetic
-    chosen = Choice(final, check(final), done) if budget is None else budget.choose(final, done)
-    crafting = {"max_collateral": cfg.max_collateral, "lambda": None if budget is None else budget.lam,
-                "iteration": chosen.iteration, "train_asr": chosen.measurement.asr,
-                "train_collateral": chosen.measurement.collateral,
-                "train_collateral_bound": chosen.measurement.collateral_bound}
-    kwargs = dict(attack=cfg.attack, target=cfg.target, n_models=cfg.eval_models, seed=cfg.seed + 1_000_003)
-    evaluation = evaluate_attack(base.model, base.heldout, chosen.synthetic, test, **kwargs)
-    transfer = None if job.transfer is None else evaluate_attack(job.transfer[0], job.transfer[1], chosen.synthetic,
-                                                                 test, **kwargs)
-    meta = DistilledMeta(
-        task="poison", dataset=cfg.dataset, model=cfg.model, epochs=cfg.epochs, ipc=cfg.ipc, init=cfg.init,
-        mean=train.mean, std=train.std, seed=cfg.seed, num_classes=train.num_classes,
-        config=asdict(cfg) | ({"plan": result.plan} if result.plan else {}) | {"crafting": crafting},
-        attack_class=cfg.attack, target_class=cfg.target,
-    )
-    distilled = to_distilled(chosen.synthetic, meta)
-    anchors = None if cfg.epsilon is None else start_set.images.cpu()
-    pixels = pixel_report(distilled.images, train.mean, train.std, anchors)
-    return PoisonOutcome(distilled, evaluation, transfer, result.losses, seconds, pixels, crafting)
+    def start(self) -> SyntheticSet:
+        return initial_synthetic(self.job)
+
+    def setup(self, start: SyntheticSet) -> Setup:
+        cfg, base, train = self.cfg, self.job, self.job.train
+        self.start_set = start
+        self.budget = None if cfg.max_collateral is None else CollateralBudget(
+            self.check, cfg.max_collateral, start, num_classes=train.num_classes, attack=cfg.attack,
+            target=cfg.target)
+        objective = ClassificationObjective(
+            base.model, self.craft_init,
+            RealBatches(self.craft_images.images, self.craft_images.labels, cfg.batch_size, base.device),
+            relabel=outer_targets(cfg, train.num_classes, self.budget),
+        )
+        return Setup(objective, constraint=pixel_constraint(cfg, train, start.images),
+                     sample_inner=victim_sampler(cfg, train, start, base.device), dual=self.budget,
+                     penalty=evasion_penalty(cfg, base.model, train, base.device))
+
+    def quick_figure(self, synthetic: SyntheticSet) -> float:
+        """Attack success on up to 5 held-out models and 2,000 test images (the same ones every time)."""
+        cfg = self.cfg
+        return evaluate_attack(self.job.model, self.job.heldout, synthetic, self.quick, attack=cfg.attack,
+                               target=cfg.target, n_models=min(5, cfg.eval_models),
+                               seed=cfg.seed + 7).summary()["asr_mean"]
+
+    def finish(self, result: DistillResult, seconds: float) -> PoisonOutcome:
+        cfg, base, train, test = self.cfg, self.job, self.job.train, self.job.test
+        done, final = len(result.losses), result.synthetic
+        chosen = Choice(final, self.check(final), done) if self.budget is None else self.budget.choose(final, done)
+        crafting = {"max_collateral": cfg.max_collateral, "lambda": None if self.budget is None else self.budget.lam,
+                    "iteration": chosen.iteration, "train_asr": chosen.measurement.asr,
+                    "train_collateral": chosen.measurement.collateral,
+                    "train_collateral_bound": chosen.measurement.collateral_bound}
+        kwargs = dict(attack=cfg.attack, target=cfg.target, n_models=cfg.eval_models, seed=cfg.seed + 1_000_003)
+        evaluation = evaluate_attack(base.model, base.heldout, chosen.synthetic, test, **kwargs)
+        transfer = None if self.poison.transfer is None else evaluate_attack(
+            self.poison.transfer[0], self.poison.transfer[1], chosen.synthetic, test, **kwargs)
+        meta = DistilledMeta(
+            task="poison", dataset=cfg.dataset, model=cfg.model, epochs=cfg.epochs, ipc=cfg.ipc, init=cfg.init,
+            mean=train.mean, std=train.std, seed=cfg.seed, num_classes=train.num_classes,
+            config=asdict(cfg) | ({"plan": result.plan} if result.plan else {}) | {"crafting": crafting},
+            attack_class=cfg.attack, target_class=cfg.target,
+        )
+        distilled = to_distilled(chosen.synthetic, meta)
+        anchors = None if cfg.epsilon is None else self.start_set.images.cpu()
+        pixels = pixel_report(distilled.images, train.mean, train.std, anchors)
+        return PoisonOutcome(distilled, evaluation, transfer, result.losses, seconds, pixels, crafting)
+
+
+def run_poison(job: PoisonJob, **kwargs) -> PoisonOutcome | None:
+    """Learn the poisoning batch, evaluate it on held-out models and build the exportable set:
+    :func:`ddsec.pipeline.run` of a :class:`PoisonTask` (keywords: checkpoints, resume, quick
+    checks of the attack success on up to 5 held-out models, ``on_progress``).
+
+    In a distributed run every rank learns the batch; rank 0 alone evaluates and returns the
+    outcome, the others return ``None``.
+    """
+    return run(PoisonTask(job), **kwargs)
 
 
 def outer_targets(

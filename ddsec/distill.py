@@ -8,15 +8,13 @@ cross-entropy on real training batches; the result is judged on held-out models.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from ddsec.budget import parse_duration, planner
+from ddsec.budget import parse_duration
 from ddsec.data import ImageDataset, load_dataset
 from ddsec.data.summaries import average_images, kmeans_images, real_images_per_class
 from ddsec.engine import (
@@ -24,31 +22,22 @@ from ddsec.engine import (
     FIXED_KINDS,
     INIT_SCHEMES,
     MODES,
-    DEFAULT_CHECKPOINT_SECONDS,
     ClassificationObjective,
     DistillResult,
-    Dual,
     FixedInit,
-    ImageConstraint,
     InitDistribution,
-    InnerOptimizer,
-    InnerStep,
-    Objective,
     PopulationInit,
-    Progress,
     RandomInit,
     RealBatches,
     SyntheticSet,
-    distill,
     distinct_draws,
-    use_compile,
     world,
 )
-from ddsec.engine.population import Params
 from ddsec.engine.segments import segment_length
 from ddsec.errors import DDSecError
 from ddsec.evaluate import EvalResult, evaluate_synthetic, heldout_count
 from ddsec.export import DistilledMeta, DistilledSet
+from ddsec.pipeline import Setup, run
 from ddsec.models_zoo import create_model, load_population
 
 INIT_KINDS = ("random", "fixed", "pretrained", "population")
@@ -278,111 +267,62 @@ def to_distilled(synthetic: SyntheticSet, meta: DistilledMeta) -> DistilledSet:
     return DistilledSet(final.images, final.soft_labels(), final.lrs(), meta, final.momenta())
 
 
-def optimize(
-    job: DistillJob,
-    objective: Objective,
-    synthetic: SyntheticSet,
-    *,
-    checkpoint_path: str | Path | None,
-    resume: bool,
-    checkpoint_seconds: float | None = DEFAULT_CHECKPOINT_SECONDS,
-    constraint: ImageConstraint | None = None,
-    sample_inner: Callable[[torch.Generator], tuple[InnerOptimizer, list[InnerStep]]] | None = None,
-    dual: Dual | None = None,
-    penalty: Callable[[Params, Tensor, Tensor], Tensor] | None = None,
-    on_progress: Callable[[Progress], None] | None,
-) -> DistillResult:
-    """The outer loop with the job's settings (shared by every front end); checkpoints carry
-    ``job.fingerprint``; ``constraint`` keeps the images deliverable (``None``: free);
-    ``sample_inner`` draws each iteration's inner optimizer and plan (``None``: the paper's replay);
-    ``dual`` is a constrained objective's dual player (``None``: unconstrained); ``penalty`` a
-    differentiable term on the sampled ``θ0`` and the images (see :func:`ddsec.engine.distill`)."""
-    cfg = job.cfg
-    replan = None if cfg.iterations is not None else planner(cfg.budget, cfg.decay_fraction, cfg.decay_every)
-    return distill(
-        objective, synthetic, iterations=cfg.iterations, replan=replan, n_models=distinct_draws(objective.init, cfg.n_models), lr=cfg.lr,
-        rates={"lr": cfg.lr_step_sizes, "momentum": cfg.lr_momenta}, decay_every=cfg.decay_every, decay_factor=cfg.decay_factor, mode=cfg.mode,
-        keep_graphs=cfg.keep_graphs, theta_every=cfg.theta_every,
-        compile=cfg.mode == "hvp" and use_compile(cfg.compile, job.device), seed=cfg.seed, checkpoint_path=checkpoint_path, resume=resume,
-        checkpoint_seconds=checkpoint_seconds, fingerprint=job.fingerprint, constraint=constraint,
-        sample_inner=sample_inner, dual=dual, penalty=penalty,
-        on_progress=on_progress,
-    )
+@dataclass
+class DistillTask:
+    """Plain distillation as a :class:`ddsec.pipeline.Task`: cross-entropy of the unrolled models on
+    real training batches, judged by held-out accuracy.
+
+    Attributes:
+        job: from :func:`prepare_distill`.
+        meta: overrides of the exported metadata (the adapt front end sets ``task``, ``source``,
+            ``target`` and its own ``config``).
+    """
+
+    job: DistillJob
+    meta: dict | None = None
+
+    def start(self) -> SyntheticSet:
+        return initial_synthetic(self.job)
+
+    def setup(self, start: SyntheticSet) -> Setup:
+        job = self.job
+        return Setup(ClassificationObjective(job.model, job.init, RealBatches(job.train.images, job.train.labels,
+                                                                              job.cfg.batch_size, job.device)))
+
+    def quick_figure(self, synthetic: SyntheticSet) -> float:
+        """Held-out accuracy on up to 5 models and 2,000 test images (the same ones every time)."""
+        job = self.job
+        quick = torch.randperm(len(job.test), generator=torch.Generator().manual_seed(0))[:2000]
+        return float(evaluate_synthetic(
+            job.model, job.heldout, synthetic, job.test.images[quick], job.test.labels[quick],
+            n_models=distinct_draws(job.heldout, min(5, job.cfg.eval_models)),
+            generator=torch.Generator().manual_seed(job.cfg.seed + 7),
+        ).after.mean())
+
+    def finish(self, result: DistillResult, seconds: float) -> DistillOutcome:
+        cfg, train, test = self.job.cfg, self.job.train, self.job.test
+        evaluation = evaluate_synthetic(
+            self.job.model, self.job.heldout, result.synthetic, test.images, test.labels,
+            n_models=distinct_draws(self.job.heldout, cfg.eval_models),
+            generator=torch.Generator().manual_seed(cfg.seed + 1_000_003),
+        )
+        fields = dict(task="distill", dataset=cfg.dataset, model=cfg.model, epochs=cfg.epochs, ipc=cfg.ipc,
+                      init=cfg.init, mean=train.mean, std=train.std, seed=cfg.seed, num_classes=train.num_classes,
+                      config=asdict(cfg))
+        fields |= self.meta or {}
+        fields["config"] = {**fields["config"], **({"plan": result.plan} if result.plan else {})}
+        distilled = to_distilled(result.synthetic, DistilledMeta(**fields))
+        return DistillOutcome(distilled, evaluation, result.losses, seconds)
 
 
-def quick_check_due(progress: Progress, eval_every: int | None, eval_times: int = 0) -> bool:
-    """Whether a run measures its quick held-out figure after ``progress``: every ``eval_every``
-    iterations (else ``eval_times`` times spread over the run, as planned so far) and at the end,
-    never on the resume notice."""
-    every = eval_every or (max(1, progress.iterations // eval_times) if eval_times and progress.planned else 0)
-    if not every or progress.event == "resume":
-        return False
-    return progress.iteration % every == 0 or progress.iteration == progress.iterations
-
-
-def run_distill(
-    job: DistillJob,
-    *,
-    checkpoint_path: str | Path | None = None,
-    resume: bool = False,
-    checkpoint_seconds: float | None = DEFAULT_CHECKPOINT_SECONDS,
-    eval_every: int | None = None,
-    eval_times: int = 0,
-    on_progress: Callable[[Progress, float | None], None] | None = None,
-    meta: dict | None = None,
-) -> DistillOutcome | None:
-    """Distil, evaluate on held-out models and build the exportable set.
+def run_distill(job: DistillJob, *, meta: dict | None = None, **kwargs) -> DistillOutcome | None:
+    """Distil, evaluate on held-out models and build the exportable set: :func:`ddsec.pipeline.run`
+    of a :class:`DistillTask` (keywords: checkpoints, resume, quick checks, ``on_progress``).
 
     In a distributed run every rank distils; rank 0 alone evaluates and returns the outcome, the
     others return ``None``.
-
-    Args:
-        job: from :func:`prepare_distill`.
-        checkpoint_path: where the outer loop checkpoints (``None``: no checkpoints).
-        resume: continue from ``checkpoint_path``.
-        checkpoint_seconds: also checkpoint at least this often (wall-clock seconds).
-        eval_every: every this many iterations, measure the held-out accuracy on a quick sample
-            (up to 5 models, up to 2000 test images) and pass it to ``on_progress``.
-        eval_times: without ``eval_every``, that many quick checks spread over the run (for a
-            time budget, whose iteration count is known only once planned).
-        on_progress: called after every outer iteration with the progress and that accuracy
-            (``None`` in between).
-        meta: overrides of the exported metadata (the adapt front end sets ``task``,
-            ``source``, ``target`` and its own ``config``).
     """
-    cfg, train, test, model, heldout = job.cfg, job.train, job.test, job.model, job.heldout
-    objective = ClassificationObjective(model, job.init, RealBatches(train.images, train.labels, cfg.batch_size, job.device))
-    quick = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:2000]
-
-    def report(progress: Progress) -> None:
-        if on_progress is None:
-            return
-        accuracy = None
-        if quick_check_due(progress, eval_every, eval_times):
-            accuracy = float(evaluate_synthetic(
-                model, heldout, progress.synthetic, test.images[quick], test.labels[quick],
-                n_models=distinct_draws(heldout, min(5, cfg.eval_models)),
-                generator=torch.Generator().manual_seed(cfg.seed + 7),
-            ).after.mean())
-        on_progress(progress, accuracy)
-
-    start = time.perf_counter()
-    result = optimize(job, objective, initial_synthetic(job), checkpoint_path=checkpoint_path, resume=resume,
-                      checkpoint_seconds=checkpoint_seconds, on_progress=report)
-    seconds = time.perf_counter() - start
-    if not world().is_main:
-        return None
-    evaluation = evaluate_synthetic(
-        model, heldout, result.synthetic, test.images, test.labels,
-        n_models=distinct_draws(heldout, cfg.eval_models),
-        generator=torch.Generator().manual_seed(cfg.seed + 1_000_003),
-    )
-    fields = dict(task="distill", dataset=cfg.dataset, model=cfg.model, epochs=cfg.epochs, ipc=cfg.ipc, init=cfg.init,
-                  mean=train.mean, std=train.std, seed=cfg.seed, num_classes=train.num_classes, config=asdict(cfg))
-    fields |= meta or {}
-    fields["config"] = {**fields["config"], **({"plan": result.plan} if result.plan else {})}
-    distilled = to_distilled(result.synthetic, DistilledMeta(**fields))
-    return DistillOutcome(distilled, evaluation, result.losses, seconds)
+    return run(DistillTask(job, meta), **kwargs)
 
 
 def config_from_meta(meta: DistilledMeta, config_class: type[DistillConfig] = DistillConfig, **overrides) -> DistillConfig:

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 import typer
-from rich.table import Table
 
 from ddsec.cli import options as O
 from ddsec.cli.common import StageBars, baseline_table, run_baselines

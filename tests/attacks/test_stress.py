@@ -12,7 +12,6 @@ from typer.testing import CliRunner
 
 from ddsec.attacks import (
     STANDARD_VICTIMS,
-    PoisonConfig,
     evaluate_attack,
     parse_victim,
     prepare_poison,
