@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -85,6 +86,7 @@ class AdaptConfig(DistillConfig):
     init: str = "population"
     zoo: str | None = None
     image_size: int | None = None
+    RUNTIME: ClassVar[tuple[str, ...]] = (*DistillConfig.RUNTIME, "zoo")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -102,8 +104,6 @@ class AdaptConfig(DistillConfig):
             raise DDSecError(f"--src {self.src} and --tgt {self.tgt} are the same domain ({_domain(self.src)});"
                              " adaptation needs two domains")
 
-    def fingerprint(self) -> dict:
-        return {**super().fingerprint(), "src": self.src, "tgt": self.tgt}
 
 
 def _source_paths(cfg: AdaptConfig, image_size: int, channels: int,

@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -95,6 +96,7 @@ class PoisonConfig(DistillConfig):
     evade_weight: float = 1.0
     eval_population: str | None = None
     zoo: str | None = None
+    RUNTIME: ClassVar[tuple[str, ...]] = (*DistillConfig.RUNTIME, "eval_population", "zoo")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -126,11 +128,6 @@ class PoisonConfig(DistillConfig):
             raise DDSecError("--epsilon perturbs real images of each slot's own class: it needs --image-init real"
                              " and no --learn-labels")
 
-    def fingerprint(self) -> dict:
-        return {**super().fingerprint(), "attack": self.attack, "target": self.target,
-                "attack_weight": self.attack_weight, "max_collateral": self.max_collateral, "pixels": self.pixels,
-                "quantize": self.quantize, "epsilon": self.epsilon, "victims": list(self.victims),
-                "evade": list(self.evade), "evade_weight": self.evade_weight}
 
 
 @dataclass

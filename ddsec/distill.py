@@ -8,8 +8,10 @@ cross-entropy on real training batches; the result is judged on held-out models.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -141,12 +143,16 @@ class DistillConfig:
         if self.decay_every is not None and self.decay_every < 1:
             raise DDSecError(f"--decay-every must be at least 1, got {self.decay_every}")
 
+    RUNTIME: ClassVar[tuple[str, ...]] = ("data_dir", "download", "device", "eval_models", "heldout_population",
+                                          "iterations", "keep_graphs", "theta_every", "compile")
+    """Settings a resumed run may change: where the data lies, the device, the held-out evaluation,
+    memory and speed options that leave the gradients as they are, and the iteration count (to
+    extend a run). A front end's config adds its own (e.g. a zoo folder)."""
+
     def fingerprint(self) -> dict:
-        """Settings that must not change when a run is resumed."""
-        keep = ("dataset", "model", "steps", "epochs", "ipc", "init", "init_scheme", "init_seed",
-                "weights", "population", "n_models", "batch_size", "lr", "lr_step_sizes", "distill_lr", "decay_every",
-                "decay_factor", "budget", "decay_fraction", "mode", "image_init", "learn_labels", "momentum", "lr_momenta", "seed")
-        return {k: v for k, v in asdict(self).items() if k in keep}
+        """Every setting but the :attr:`RUNTIME` ones, as JSON values: what a resumed run must keep.
+        A front end's own fields are in it without being named, so none can be forgotten."""
+        return json.loads(json.dumps({k: v for k, v in asdict(self).items() if k not in self.RUNTIME}))
 
 
 @dataclass
