@@ -105,7 +105,6 @@ class AdaptConfig(DistillConfig):
                              " adaptation needs two domains")
 
 
-
 def _source_paths(cfg: AdaptConfig, image_size: int, channels: int,
                   train_entry: Callable[[str, int, int], None] | None) -> tuple[str, str]:
     default = source_entry(cfg.src, cfg.model, image_size, channels)

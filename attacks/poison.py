@@ -129,7 +129,6 @@ class PoisonConfig(DistillConfig):
                              " and no --learn-labels")
 
 
-
 @dataclass
 class PoisonJob:
     """A validated attack, ready to run: data, model, populations and transfer population.
