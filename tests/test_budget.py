@@ -181,3 +181,8 @@ def test_recipes_fill_what_was_not_given_and_say_so():
     assert "budget=" not in notes[0] and "momentum=" not in notes[0]
     settings, notes = with_recipe("poison", "digits", dict(iterations=None, budget=None, decay_fraction=None), 200)
     assert settings == {"iterations": 200, "budget": None} and notes == []
+    settings, notes = with_recipe("adapt", "mnist:usps", dict(iterations=None, budget=None, decay_fraction=None), 40)
+    assert settings == {"iterations": None, "budget": "10m", "decay_fraction": 0.5}
+    assert notes[0].startswith("recipe for mnist:usps: budget=10m, decay_fraction=0.5 (RESULTS")
+    settings, _ = with_recipe("adapt", "usps:mnist", dict(iterations=None, budget=None, decay_fraction=None), 40)
+    assert settings == {"iterations": 40, "budget": None}
