@@ -286,6 +286,10 @@ class DistillTask:
 
     job: DistillJob
     meta: dict | None = None
+    quick: torch.Tensor = field(init=False)  # int64 [≤ 2000]: the test images of the quick figure
+
+    def __post_init__(self) -> None:
+        self.quick = torch.randperm(len(self.job.test), generator=torch.Generator().manual_seed(0))[:2000]
 
     def start(self) -> SyntheticSet:
         return initial_synthetic(self.job)
@@ -298,9 +302,8 @@ class DistillTask:
     def quick_figure(self, synthetic: SyntheticSet) -> float:
         """Held-out accuracy on up to 5 models and 2,000 test images (the same ones every time)."""
         job = self.job
-        quick = torch.randperm(len(job.test), generator=torch.Generator().manual_seed(0))[:2000]
         return float(evaluate_synthetic(
-            job.model, job.heldout, synthetic, job.test.images[quick], job.test.labels[quick],
+            job.model, job.heldout, synthetic, job.test.images[self.quick], job.test.labels[self.quick],
             n_models=distinct_draws(job.heldout, min(5, job.cfg.eval_models)),
             generator=torch.Generator().manual_seed(job.cfg.seed + 7),
         ).after.mean())

@@ -21,14 +21,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ddsec.engine.learned import LABELS, learnable
+from ddsec.engine.learned import LABELS, STEP_SIZE, learnable
 
 
 def inverse_softplus(value: float) -> float:
     """The raw value ``ρ`` with ``softplus(ρ) == value`` (``value > 0``)."""
     if value <= 0:
         raise ValueError(f"a step size must be positive, got {value}")
-    return value + math.log(-math.expm1(-value))
+    return float(STEP_SIZE.raw(torch.tensor(value, dtype=torch.float64)))
 
 
 def class_major_labels(num_classes: int, ipc: int, steps: int) -> Tensor:
