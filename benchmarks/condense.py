@@ -86,10 +86,9 @@ def main() -> None:
     args = parse()
     torch.set_num_threads(args.threads)
     from ddsec.condense import CondenseConfig, condense, prepare_condense
-    from ddsec.condense.checkpoint import load_state
     from ddsec.condense.protocol import evaluate_set
     from ddsec.condense.run import build_step, initial_images
-    from ddsec.engine import class_major_labels
+    from ddsec.engine import class_major_labels, load_checkpoint
 
     eval_at = sorted({int(x) for x in args.eval_at.split(",")})
     if args.train_feature_steps and args.feature_model and not Path(args.feature_model).exists():
@@ -136,10 +135,10 @@ def main() -> None:
               f" | evaluation {time.perf_counter() - t0:.1f} s", flush=True)
 
     if args.evaluate_checkpoint:
-        state, _, losses, stored = load_state(args.checkpoint, test.images.device)
-        if stored != cfg.fingerprint():
+        saved = load_checkpoint(args.checkpoint, test.images.device)
+        if saved.fingerprint != cfg.fingerprint():
             raise SystemExit(f"{args.checkpoint} was written with other settings; pass the run's own ARGS")
-        report(len(losses), state.images, None)
+        report(saved.iteration, saved.state["images"], None)
         return
 
     initial = initial_images(job)

@@ -127,7 +127,7 @@ def test_cli_budget_goes_into_the_metadata_and_iterations_win(tmp_path):
 
 def _sleepy_condense_step(state, generator, iteration):
     """A condensation step that takes 0.05 s and nudges the images."""
-    from ddsec.condense.checkpoint import ImageState
+    from ddsec.condense.loop import ImageState
 
     time.sleep(0.05)
     return ImageState(state.images * 0.99, state.momentum), float(iteration)

@@ -12,7 +12,7 @@ Modules: :mod:`~ddsec.condense.augment` (DSA), :mod:`~ddsec.condense.matching` (
 distances), :mod:`ddsec.features` (layer features, shared), :mod:`~ddsec.condense.sampling`
 (random and k-means real batches), :mod:`~ddsec.condense.gradient_matching` and
 :mod:`~ddsec.condense.distribution_matching` (one outer iteration each),
-:mod:`~ddsec.condense.loop` and :mod:`~ddsec.condense.checkpoint` (the resumable loop),
+:mod:`~ddsec.condense.loop` (the methods on the engine's resumable loop),
 :mod:`~ddsec.condense.config`, :mod:`~ddsec.condense.protocol` (train-epochs evaluation) and
 :mod:`~ddsec.condense.run` (a whole run).
 """

@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import torch
 
-from ddsec.condense.checkpoint import ImageState
 from ddsec.features import PENULTIMATE, features
-from ddsec.condense.loop import Step
+from ddsec.condense.loop import ImageState, MatchingStep
 from ddsec.condense.matching import embedding_distance
 from ddsec.condense.problem import Matching
 from ddsec.engine import select
 
 
-def distribution_matching_step(matching: Matching) -> Step:
-    """One DM iteration as a :data:`~ddsec.condense.loop.Step`; embeddings are the input of the model's last linear layer."""
+def distribution_matching_step(matching: Matching) -> MatchingStep:
+    """One DM iteration as a :data:`~ddsec.condense.loop.MatchingStep`; embeddings are the input of the model's last linear layer."""
     m = matching
 
     def step(state: ImageState, generator: torch.Generator, iteration: int) -> tuple[ImageState, float]:

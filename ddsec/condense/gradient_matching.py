@@ -21,8 +21,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from ddsec.condense.augment import dsa_augment
-from ddsec.condense.checkpoint import ImageState
-from ddsec.condense.loop import Step
+from ddsec.condense.loop import ImageState, MatchingStep
 from ddsec.condense.matching import gradient_distance
 from ddsec.condense.problem import Matching
 from ddsec.engine import select
@@ -45,8 +44,8 @@ def class_gradients(model: nn.Module, params: dict[str, Tensor], images: Tensor,
     return torch.autograd.grad(loss, list(params.values()), create_graph=create_graph)
 
 
-def gradient_matching_step(matching: Matching, *, outer_loop: int, net_recipe: EpochRecipe) -> Step:
-    """One DC (or, with ``matching.strategy``, DSA) outer iteration as a :data:`~ddsec.condense.loop.Step`.
+def gradient_matching_step(matching: Matching, *, outer_loop: int, net_recipe: EpochRecipe) -> MatchingStep:
+    """One DC (or, with ``matching.strategy``, DSA) outer iteration as a :data:`~ddsec.condense.loop.MatchingStep`.
 
     Args:
         matching: network, init, real batches, image optimizer, layout and DSA strategy.

@@ -1,19 +1,16 @@
-"""The outer loop shared by the condensation methods: SGD on images, checkpoints, resume.
+"""The condensation methods on the shared outer loop: SGD on images.
 
 Gradient matching (Zhao et al., arXiv 2006.05929) and distribution matching (arXiv 2110.04181)
-both learn the synthetic images with SGD with momentum 0.5; a method is a :data:`Step` that
-runs one outer iteration (sampling a fresh network, matching, updating the images one or more
-times with :class:`ImageSGD`). The loop reports through a callback (it never prints),
-checkpoints atomically every ``checkpoint_every`` iterations, at least every
-``checkpoint_seconds`` and on Ctrl-C (then re-raises), resumes exactly, and stops with
-:class:`~ddsec.errors.NonFiniteError` on a NaN/inf loss or image, the last good state saved. Given
-a time budget instead of an iteration count, it times its first iterations and fills the budget.
+both learn the synthetic images with SGD with momentum 0.5; a method is a :data:`MatchingStep`
+that runs one outer iteration (sampling a fresh network, matching, updating the images one or
+more times with :class:`ImageSGD`). :func:`condense` runs it on
+:func:`ddsec.engine.loop.run_loop`, the loop DD uses too: the same time budgets, checkpoint format,
+resume rule and NaN/inf stop (the last good state saved).
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,16 +18,25 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ddsec.condense.checkpoint import ImageState, load_state, save_state
-from ddsec.engine.checkpoint import (
-    DEFAULT_CHECKPOINT_SECONDS,
-    CheckpointSchedule,
-    refuse_other_settings,
-    require_checkpoint,
-)
-from ddsec.errors import NonFiniteError
+from ddsec.engine.checkpoint import DEFAULT_CHECKPOINT_SECONDS
+from ddsec.engine.loop import Step, Tick, run_loop
+from ddsec.errors import DDSecError, NonFiniteError
 
-Step = Callable[[ImageState, torch.Generator, int], tuple[ImageState, float]]
+
+@dataclass(frozen=True)
+class ImageState:
+    """The synthetic images being learned and their SGD momentum.
+
+    Attributes:
+        images: float ``[N, C, H, W]``, class-major.
+        momentum: float ``[N, C, H, W]``, the momentum buffer (zeros before the first step).
+    """
+
+    images: Tensor
+    momentum: Tensor
+
+
+MatchingStep = Callable[[ImageState, torch.Generator, int], tuple[ImageState, float]]
 """``step(state, generator, iteration) -> (new state, matching loss)``: one outer iteration."""
 
 
@@ -84,15 +90,37 @@ class CondenseResult:
     plan: dict = field(default_factory=dict)
 
 
-def _resume(path: Path | None, fingerprint: dict, device: torch.device
-            ) -> tuple[ImageState, Tensor, list[float], dict]:
-    state, generator_state, losses, stored, plan = load_state(require_checkpoint(path), device)
-    refuse_other_settings(f"checkpoint {path}", stored, fingerprint)
-    return state, generator_state, losses, plan
+class _ImageMethod:
+    """A :data:`MatchingStep` as the shared loop's :class:`~ddsec.engine.loop.Method`; its state is
+    ``images`` and ``momentum``, both ``[N, C, H, W]``."""
+
+    def __init__(self, step: MatchingStep, initial: Tensor) -> None:
+        self.matching_step = step
+        self.state = ImageState(initial.detach(), torch.zeros_like(initial))
+
+    def step(self, iteration: int, generator: torch.Generator) -> Step:
+        new_state, loss = self.matching_step(self.state, generator, iteration)
+        if not (math.isfinite(loss) and bool(torch.isfinite(new_state.images).all())):
+            raise NonFiniteError("the matching loss or the images became NaN/inf at iteration {iteration}{where};"
+                                 " lower --lr and start over with --force")
+        self.state = new_state
+        return Step(loss)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {"images": self.state.images, "momentum": self.state.momentum}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        shape = self.state.images.shape
+        if any(key not in state or state[key].shape != shape for key in ("images", "momentum")):
+            raise DDSecError("the checkpoint holds images of another shape; start over with --force")
+        self.state = ImageState(state["images"], state["momentum"])
+
+    def use_plan(self, plan: dict) -> None:
+        """Nothing to follow: these methods do not decay their learning rate."""
 
 
 def condense(
-    step: Step,
+    step: MatchingStep,
     initial: Tensor,
     *,
     iterations: int | None,
@@ -114,72 +142,23 @@ def condense(
         iterations: total outer iterations; ``None`` with ``replan``: chosen by it.
         seed: seeds the CPU generator behind every random draw of the run.
         fingerprint: settings that must not change between a run and its resumption.
-        replan: for a time budget (:func:`ddsec.budget.planner`): called once with the mean
-            seconds of ``probe`` iterations after the first, it returns the iteration count (its
-            decay interval is unused: these methods do not decay); kept in checkpoints, so a
-            resumed run keeps the count of its first start.
-        probe: iterations timed before ``replan``.
-        checkpoint_path: where to checkpoint (``None``: never).
-        resume: continue from ``checkpoint_path``.
-        checkpoint_every: iterations between checkpoints.
-        checkpoint_seconds: also checkpoint whenever this much wall-clock time has passed since
-            the last checkpoint (``None``: by iterations only).
+        replan: for a time budget (:func:`ddsec.budget.planner`; its decay interval is unused:
+            these methods do not decay).
+        probe, checkpoint_path, resume, checkpoint_every, checkpoint_seconds: see
+            :func:`ddsec.engine.loop.run_loop`.
         on_progress: called after every iteration.
 
     Raises:
         NonFiniteError: a NaN/inf loss or image (the last good state is checkpointed first).
         KeyboardInterrupt: re-raised after checkpointing the last completed iteration.
     """
-    path = None if checkpoint_path is None else Path(checkpoint_path)
-    generator = torch.Generator().manual_seed(seed)
-    state = ImageState(initial.detach(), torch.zeros_like(initial))
-    if (iterations is None) == (replan is None) or (iterations is not None and iterations < 1):
-        raise ValueError("give a positive iteration count or a replan, not both")
-    losses: list[float] = []
-    plan: dict = {}
-    if resume:
-        state, generator_state, losses, plan = _resume(path, fingerprint, initial.device)
-        generator.set_state(generator_state)
-    first = len(losses)
-    iterations = plan.get("iterations", iterations or first + probe + 2)  # provisional until planned
-    next_draws = generator.get_state()
-    schedule = CheckpointSchedule(checkpoint_every, checkpoint_seconds)
-    if resume and on_progress is not None:
-        on_progress(CondenseProgress(first, iterations, losses[-1] if losses else float("nan"), state.images, "resume"))
+    method = _ImageMethod(step, initial)
 
-    def save() -> None:
-        if path is not None:
-            save_state(path, state, next_draws, losses, fingerprint, plan)
-        schedule.saved()
+    def report(tick: Tick) -> None:
+        on_progress(CondenseProgress(tick.iteration, tick.iterations, tick.loss, method.state.images, tick.event))
 
-    timed_from: float | None = None
-    iteration = first
-    try:
-        while iteration < iterations:
-            next_draws = generator.get_state()
-            new_state, loss = step(state, generator, iteration)
-            if not (math.isfinite(loss) and bool(torch.isfinite(new_state.images).all())):
-                save()
-                raise NonFiniteError(f"the matching loss or the images became NaN/inf at iteration {iteration + 1};"
-                                     " the last good state is checkpointed; lower --lr and start over with --force")
-            state = new_state
-            losses.append(loss)
-            next_draws = generator.get_state()
-            iteration = done = iteration + 1
-            if replan is not None and not plan:
-                if timed_from is None:
-                    timed_from = time.perf_counter()
-                elif done - first == probe + 1:
-                    seconds = (time.perf_counter() - timed_from) / probe
-                    iterations = max(replan(seconds)[0], done)
-                    plan = {"iterations": iterations, "seconds_per_iteration": seconds}
-            event = ""
-            if path is not None and done < iterations and schedule.due(done):
-                save()
-                event = "checkpoint"
-            if on_progress is not None:
-                on_progress(CondenseProgress(done, iterations, loss, state.images, event))
-    except KeyboardInterrupt:
-        save()
-        raise
-    return CondenseResult(state.images, torch.tensor(losses, dtype=torch.float32), first, plan)
+    loop = run_loop(method, iterations=iterations, seed=seed, fingerprint=fingerprint, device=initial.device,
+                    replan=replan, probe=probe, checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every,
+                    checkpoint_seconds=checkpoint_seconds, resume=resume,
+                    on_progress=None if on_progress is None else report)
+    return CondenseResult(method.state.images, loop.losses, loop.resumed_from, loop.plan)

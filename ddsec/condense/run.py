@@ -24,7 +24,7 @@ from ddsec.condense.config import CondenseConfig
 from ddsec.condense.distribution_matching import distribution_matching_step
 from ddsec.features import check_layer, features
 from ddsec.condense.gradient_matching import gradient_matching_step
-from ddsec.condense.loop import CondenseProgress, ImageSGD, Step, condense
+from ddsec.condense.loop import CondenseProgress, ImageSGD, MatchingStep, condense
 from ddsec.condense.problem import Matching
 from ddsec.condense.protocol import evaluate_set
 from ddsec.condense.sampling import BatchSampler, ClusterBatches, RandomBatches, cached_clusters, kmeans_clusters
@@ -121,7 +121,7 @@ def prepare_condense(cfg: CondenseConfig, *, cluster_cache: str | Path | None = 
     return CondenseJob(cfg, train, test, model, RandomInit(model, cfg.init_scheme), sampler, device, cached)
 
 
-def build_step(job: CondenseJob) -> Step:
+def build_step(job: CondenseJob) -> MatchingStep:
     """The method's outer iteration for ``job``."""
     cfg = job.cfg
     matching = Matching(job.model, job.init, job.sampler, ImageSGD(cfg.lr_img, cfg.momentum_img),

@@ -27,7 +27,8 @@ from ddsec.engine.compiled import COMPILE_CHOICES, use_compile
 from ddsec.engine.inner import SGD, Adam, InnerOptimizer
 from ddsec.engine.metagrad import MODES, CompileFallback, MetaGradient, meta_grad, meta_grads
 from ddsec.engine.objective import ClassificationObjective, Objective, RealBatches
-from ddsec.engine.outer import DistillResult, Dual, ImageConstraint, Progress, distill
+from ddsec.engine.loop import LoopResult, Method, Step, Tick, run_loop
+from ddsec.engine.outer import DistillResult, Dual, ImageConstraint, MetaGradientAdam, Progress, distill
 from ddsec.engine.schedule import InnerStep, replay, shift_images
 from ddsec.engine.population import (
     population_forward,
@@ -57,7 +58,10 @@ __all__ = [
     "FixedInit",
     "ImageConstraint",
     "InitDistribution",
+    "LoopResult",
     "LoopState",
+    "Method",
+    "MetaGradientAdam",
     "MetaGradient",
     "Objective",
     "PopulationInit",
@@ -65,7 +69,9 @@ __all__ = [
     "Progress",
     "RandomInit",
     "RealBatches",
+    "Step",
     "SyntheticSet",
+    "Tick",
     "World",
     "class_major_labels",
     "distill",
@@ -82,6 +88,7 @@ __all__ = [
     "require_checkpoint",
     "replay",
     "resolve_batching",
+    "run_loop",
     "save_checkpoint",
     "select",
     "shift_images",

@@ -1,9 +1,10 @@
 """Atomic, resumable checkpoints of the outer loop (safetensors, no pickle).
 
-A checkpoint holds everything the outer loop needs to continue exactly where it stopped: the
-synthetic set, the Adam moments, the random generator's state, the iteration, the loss history,
-the state of a front end's dual player (e.g. a Lagrange multiplier) if it has one, and a
-fingerprint of the run's settings, so that resuming with other settings is refused.
+A checkpoint holds everything :func:`ddsec.engine.loop.run_loop` needs to continue exactly where
+it stopped: the method's whole state as named tensors (DD: the synthetic set, the Adam moments,
+a dual player's state; DC/DSA/DM: the images and their momentum), the random generator's state,
+the iteration, the loss history, a time budget's plan and a fingerprint of the run's settings, so
+that resuming with other settings is refused. One format for every method.
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ from safetensors.torch import load_file, safe_open, save_file
 from torch import Tensor
 
 from ddsec._io import atomic_path
-from ddsec.engine.learned import LEARNABLES
-from ddsec.engine.synthetic import SyntheticSet
 from ddsec.errors import DDSecError, FormatError
 
-CHECKPOINT_FORMAT = "ddsec.checkpoint/1"
+CHECKPOINT_FORMAT = "ddsec.checkpoint/2"
+"""Format 2: the method's state under its own names (format 1 held DD's set in fixed fields)."""
+_RESERVED = ("generator_state", "losses")
 DEFAULT_CHECKPOINT_SECONDS = 60.0
 """A run writes a checkpoint at least this often (wall-clock seconds), however slow its iterations."""
 
@@ -86,49 +87,40 @@ class LoopState:
     """The outer loop's full state.
 
     Attributes:
-        synthetic: the set being learned (images ``[S, N, C, H, W]`` and its raw learned tensors,
-            stored under each setting's ``key``: ``raw_lrs``, ``raw_momenta``, ``label_logits``).
-        adam: Adam's per-parameter state, keyed ``"images.exp_avg"``, ``"raw_lrs.step"`` …
-        generator_state: uint8 state of the CPU ``torch.Generator`` driving all sampling.
+        state: the method's tensors by name (see :class:`ddsec.engine.loop.Method`), e.g.
+            ``images``, ``raw_lrs``, ``adam.images.exp_avg``, ``dual.lagrange``.
+        generator_state: uint8 state of the CPU ``torch.Generator`` driving all sampling, at the
+            start of the next iteration.
         iteration: outer iterations completed.
         losses: float32 ``[iteration]`` outer loss per completed iteration.
-        lr_scale: multiplier on the Adam learning rate left by non-finite back-offs.
         fingerprint: JSON-able settings that must match on resume.
         plan: what a time-budgeted run chose (``iterations``, ``decay_every``,
             ``seconds_per_iteration``); a resumed run keeps it instead of measuring again.
-        dual: the dual player's tensors by name (see :class:`ddsec.engine.outer.Dual`); empty without one.
     """
 
-    synthetic: SyntheticSet
-    adam: dict[str, Tensor]
+    state: dict[str, Tensor]
     generator_state: Tensor
     iteration: int
     losses: Tensor
-    lr_scale: float
     fingerprint: dict
     plan: dict = field(default_factory=dict)
-    dual: dict[str, Tensor] = field(default_factory=dict)
 
 
-def save_checkpoint(path: str | Path, state: LoopState) -> Path:
-    """Write ``state`` to ``path`` atomically (a crash leaves the previous checkpoint intact)."""
-    syn = state.synthetic
+def save_checkpoint(path: str | Path, loop: LoopState) -> Path:
+    """Write ``loop`` to ``path`` atomically (a crash leaves the previous checkpoint intact)."""
+    clash = sorted(set(loop.state) & set(_RESERVED))
+    if clash:
+        raise ValueError(f"a method's state may not use the names {clash}")
     tensors = {
-        "images": syn.images.detach().cpu().contiguous(),
-        "labels": syn.labels.detach().cpu().contiguous(),
-        **{LEARNABLES[name].key: raw.detach().cpu().contiguous() for name, raw in syn.learned.items()},
-        "generator_state": state.generator_state.cpu().contiguous(),
-        "losses": state.losses.detach().cpu().float().contiguous(),
-        **{f"adam.{k}": v.detach().cpu().contiguous() for k, v in state.adam.items()},
-        **{f"dual.{k}": v.detach().cpu().contiguous() for k, v in state.dual.items()},
+        **{name: value.detach().cpu().contiguous() for name, value in loop.state.items()},
+        "generator_state": loop.generator_state.cpu().contiguous(),
+        "losses": loop.losses.detach().cpu().float().contiguous(),
     }
     metadata = {
         "format": CHECKPOINT_FORMAT,
-        "iteration": str(state.iteration),
-        "epochs": str(syn.epochs),
-        "lr_scale": repr(state.lr_scale),
-        "fingerprint": json.dumps(state.fingerprint, sort_keys=True),
-        "plan": json.dumps(state.plan, sort_keys=True),
+        "iteration": str(loop.iteration),
+        "fingerprint": json.dumps(loop.fingerprint, sort_keys=True),
+        "plan": json.dumps(loop.plan, sort_keys=True),
     }
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
@@ -139,31 +131,26 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> Loo
     """Read a checkpoint written by :func:`save_checkpoint`.
 
     Raises:
-        FormatError: the file is unreadable, truncated or not a ddsec checkpoint.
+        FormatError: the file is unreadable, truncated, not a ddsec checkpoint, or from an older ddsec.
     """
     path = Path(path)
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
         tensors = load_file(str(path), device=str(device))
-        if metadata.get("format") != CHECKPOINT_FORMAT:
-            raise FormatError(
-                f"{path} is not a ddsec checkpoint (format {metadata.get('format')!r});"
-                " delete it or point --out elsewhere"
-            )
-        learned = {spec.name: tensors[spec.key] for spec in LEARNABLES.values() if spec.key in tensors}
-        synthetic = SyntheticSet(tensors["images"], tensors["labels"], learned, int(metadata["epochs"]))
-        adam = {k.removeprefix("adam."): v for k, v in tensors.items() if k.startswith("adam.")}
+        found = metadata.get("format")
+        if found == "ddsec.checkpoint/1":
+            raise FormatError(f"{path} was written by an older ddsec (format {found}) and cannot be resumed;"
+                              " start over with --force")
+        if found != CHECKPOINT_FORMAT:
+            raise FormatError(f"{path} is not a ddsec checkpoint (format {found!r}); delete it or point --out elsewhere")
         return LoopState(
-            synthetic=synthetic,
-            adam=adam,
+            state={name: value for name, value in tensors.items() if name not in _RESERVED},
             generator_state=tensors["generator_state"].cpu(),
             iteration=int(metadata["iteration"]),
             losses=tensors["losses"],
-            lr_scale=float(metadata["lr_scale"]),
             fingerprint=json.loads(metadata["fingerprint"]),
             plan=json.loads(metadata.get("plan", "{}")),
-            dual={k.removeprefix("dual."): v for k, v in tensors.items() if k.startswith("dual.")},
         )
     except DDSecError:
         raise

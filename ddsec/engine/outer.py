@@ -5,14 +5,12 @@ batch of real data and ``n`` initial weights ``θ0 ~ p(θ0)``, unrolls the inner
 and takes one Adam step (betas 0.5, 0.999) on the synthetic images and raw step sizes with the
 meta-gradient averaged over the sampled models. The learning rate decays in steps.
 
-The loop reports through a callback (it never prints), checkpoints atomically every
-``checkpoint_every`` iterations and at least every ``checkpoint_seconds`` (and when interrupted
-or stopped), resumes exactly from a checkpoint (a missing one is an error, never a silent fresh
-start), and refuses to write NaN/inf: a non-finite loss or gradient either stops the run
-with a clear error, the last good state saved, or backs off (skips the update and halves the
-learning rate, at most ``max_backoffs`` times in a row). A constrained objective brings a dual
-player (:class:`Dual`, e.g. a Lagrange multiplier): the loop lets it update before every
-iteration and checkpoints its state with the rest.
+This module is DD's :class:`~ddsec.engine.loop.Method`; :func:`ddsec.engine.loop.run_loop`, the
+loop every distiller shares, times, checkpoints and resumes it. A non-finite loss or gradient
+either stops the run with a clear error, the last good state saved, or backs off (skips the
+update and halves the learning rate, at most ``max_backoffs`` times in a row). A constrained
+objective brings a dual player (:class:`Dual`, e.g. a Lagrange multiplier): it updates before
+every iteration and is checkpointed with the rest.
 
 Under ``torchrun`` (see :mod:`ddsec.engine.distributed`) each process samples its own models and
 batches, from a generator seeded per ``(iteration, rank)``; the loss and meta-gradients are
@@ -22,7 +20,6 @@ one process sampling the union. Rank 0 alone writes checkpoints and gets progres
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,18 +28,11 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from ddsec.engine.checkpoint import (
-    DEFAULT_CHECKPOINT_SECONDS,
-    CheckpointSchedule,
-    LoopState,
-    load_checkpoint,
-    refuse_other_settings,
-    require_checkpoint,
-    save_checkpoint,
-)
-from ddsec.engine.distributed import PeerLostError, all_reduce_mean, broadcast_, iteration_seed, world
+from ddsec.engine.checkpoint import DEFAULT_CHECKPOINT_SECONDS
+from ddsec.engine.distributed import all_reduce_mean, broadcast_, iteration_seed, world
 from ddsec.engine.inner import SGD, InnerOptimizer
 from ddsec.engine.learned import LEARNABLES, adam_rates
+from ddsec.engine.loop import Step, Tick, run_loop
 from ddsec.engine.metagrad import meta_grads
 from ddsec.engine.objective import Objective
 from ddsec.engine.population import Params
@@ -134,27 +124,130 @@ class DistillResult:
     plan: dict = field(default_factory=dict)
 
 
-def _adam_state(optimizer: torch.optim.Adam, names: list[str]) -> dict[str, Tensor]:
-    """Adam's state keyed ``"<group name>.<key>"``; ``names`` names the parameter groups in order."""
-    flat = {}
-    for index, state in optimizer.state_dict()["state"].items():
-        for key, value in state.items():
-            flat[f"{names[index]}.{key}"] = torch.as_tensor(value)
-    return flat
-
-
-def _load_adam_state(optimizer: torch.optim.Adam, flat: dict[str, Tensor], names: list[str]) -> None:
-    state_dict = optimizer.state_dict()
-    state_dict["state"] = {
-        index: {k.split(".", 1)[1]: v for k, v in flat.items() if k.split(".", 1)[0] == name}
-        for index, name in enumerate(names)
-        if any(k.split(".", 1)[0] == name for k in flat)
-    }
-    optimizer.load_state_dict(state_dict)
-
-
 def _finite(*tensors: Tensor) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
+class MetaGradientAdam:
+    """DD's outer iteration, a :class:`~ddsec.engine.loop.Method`: sample initial weights and a real
+    batch, take the meta-gradient of the outer loss through the unroll, one Adam step on the images
+    and the learned settings (see :func:`distill` for the arguments).
+
+    Its state: ``images`` ``[S, N, C, H, W]``, ``labels``, each learned setting under its key
+    (``raw_lrs`` …), Adam's moments as ``adam.<group>.<key>``, the dual player's as ``dual.<name>``,
+    and ``lr_scale`` (float64 scalar, what back-offs left of the learning rate).
+    """
+
+    def __init__(self, objective: Objective, synthetic: SyntheticSet, *, n_models: int, lr: float,
+                 rates: Mapping[str, float | None], betas: tuple[float, float], decay_every: int | None,
+                 decay_factor: float, meta: dict, inner_optimizer: InnerOptimizer, constraint: ImageConstraint | None,
+                 sample_inner: Callable[[torch.Generator], tuple[InnerOptimizer, list[InnerStep]]] | None,
+                 dual: Dual | None, penalty: Callable[[Params, Tensor, Tensor], Tensor] | None, seed: int,
+                 on_nonfinite: str, max_backoffs: int) -> None:
+        self.objective, self.n_models, self.meta, self.seed = objective, n_models, meta, seed
+        self.inner_optimizer, self.constraint, self.sample_inner = inner_optimizer, constraint, sample_inner
+        self.dual, self.penalty, self.on_nonfinite, self.max_backoffs = dual, penalty, on_nonfinite, max_backoffs
+        self.decay_every, self.decay_factor = decay_every, decay_factor
+        images = synthetic.images.detach().clone().requires_grad_(True)
+        self.order = [name for name in LEARNABLES if name in synthetic.learned]
+        learned = {name: synthetic.learned[name].detach().clone().requires_grad_(True) for name in self.order}
+        if constraint is not None:
+            constraint.project_(images)
+        self.current = SyntheticSet(images, synthetic.labels.detach().clone(), learned, synthetic.epochs)
+        # One Adam group per trained tensor, named by its checkpoint key.
+        rate_of = adam_rates(lr, dict(rates), self.order)
+        self.names = ["images", *(LEARNABLES[name].key for name in self.order)]
+        self.trained = [images, *learned.values()]
+        groups = [{"params": [images], "lr": lr}] + [{"params": [learned[n]], "lr": rate_of[n]} for n in self.order]
+        self.optimizer = torch.optim.Adam(groups, betas=betas)
+        self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]
+        self.lr_scale = 1.0
+        self.backoffs_in_a_row = 0
+        if world().size > 1:
+            broadcast_(self.trained)
+
+    def delivered(self) -> SyntheticSet:
+        """The set the victims see: the current one with its images delivered under the constraint."""
+        current = self.current
+        return current if self.constraint is None else current.replaced(images=self.constraint.deliver(current.images))
+
+    def step(self, iteration: int, generator: torch.Generator) -> Step:
+        here = world()
+        if self.dual is not None:
+            if here.is_main:
+                self.dual.update(iteration, self.delivered())
+            if here.size > 1:
+                shared = self.dual.state_dict()
+                broadcast_([shared[name] for name in sorted(shared)])
+                self.dual.load_state_dict(shared)
+        decay = self.decay_factor ** (iteration // self.decay_every) if self.decay_every else 1.0
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * decay * self.lr_scale
+        if here.size > 1:
+            generator.manual_seed(iteration_seed(self.seed, iteration, here))
+        objective = self.objective
+        x_real, y_real = objective.real_batch(generator)
+        params = objective.init.sample(self.n_models, generator)
+        inner, plan = (self.inner_optimizer, None) if self.sample_inner is None else self.sample_inner(generator)
+        loss, images_grad, raw_grads = meta_grads(objective.model, params, self.delivered(), x_real, y_real,
+                                                  loss_fn=objective.outer_loss, optimizer=inner, plan=plan, **self.meta)
+        learned_grads = [raw_grads[name] for name in self.order]
+        if self.penalty is not None:
+            shown = self.delivered()
+            at = shown.images.detach().requires_grad_(True)
+            extra = self.penalty(params, at, shown.labels.detach())
+            loss, images_grad = loss + extra.detach(), images_grad + torch.autograd.grad(extra, at)[0]
+        if here.size > 1:
+            loss, images_grad, *learned_grads = all_reduce_mean([loss.reshape(1), images_grad, *learned_grads])
+            loss = loss[0]
+        if not _finite(loss, images_grad, *learned_grads):
+            self.backoffs_in_a_row += 1
+            if self.on_nonfinite == "stop" or self.backoffs_in_a_row > self.max_backoffs:
+                raise NonFiniteError("the outer loss or its gradient became NaN/inf at iteration {iteration}{where};"
+                                     " lower --lr or --distill-lr and start over with --force")
+            self.lr_scale *= 0.5
+            return Step(float(loss), skipped=True)
+        self.backoffs_in_a_row = 0
+        for tensor, grad in zip(self.trained, [images_grad, *learned_grads]):
+            tensor.grad = grad
+        self.optimizer.step()
+        if self.constraint is not None:
+            self.constraint.project_(self.current.images)
+        return Step(float(loss))
+
+    def state_dict(self) -> dict[str, Tensor]:
+        current = self.current
+        adam = {}
+        for index, state in self.optimizer.state_dict()["state"].items():
+            for key, value in state.items():
+                adam[f"adam.{self.names[index]}.{key}"] = torch.as_tensor(value)
+        dual = {} if self.dual is None else {f"dual.{k}": v for k, v in self.dual.state_dict().items()}
+        return {"images": current.images, "labels": current.labels,
+                **{LEARNABLES[name].key: current.learned[name] for name in self.order}, **adam, **dual,
+                "lr_scale": torch.tensor(self.lr_scale, dtype=torch.float64)}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        current = self.current
+        mine = {"images": current.images, **{LEARNABLES[name].key: current.learned[name] for name in self.order}}
+        others = [spec.key for spec in LEARNABLES.values() if spec.name not in self.order]
+        if any(key not in state or state[key].shape != tensor.shape for key, tensor in mine.items()) or any(
+                key in state for key in others):
+            raise DDSecError("the checkpoint holds a set of another shape; start over with --force")
+        with torch.no_grad():
+            for key, tensor in mine.items():
+                tensor.copy_(state[key])
+        optimizer_state = self.optimizer.state_dict()
+        optimizer_state["state"] = {
+            index: {k.split(".", 2)[2]: v for k, v in state.items() if k.startswith(f"adam.{name}.")}
+            for index, name in enumerate(self.names) if any(k.startswith(f"adam.{name}.") for k in state)
+        }
+        self.optimizer.load_state_dict(optimizer_state)
+        if self.dual is not None:
+            self.dual.load_state_dict({k.removeprefix("dual."): v for k, v in state.items() if k.startswith("dual.")})
+        self.lr_scale = float(state["lr_scale"])
+
+    def use_plan(self, plan: dict) -> None:
+        self.decay_every = plan["decay_every"]
 
 
 def distill(
@@ -225,12 +318,8 @@ def distill(
             keeps the plan of its first start.
         probe: iterations timed before ``replan`` (at least the ``dual``'s period).
         seed: seeds the generator behind every sample (θ0 draws and real batches).
-        checkpoint_path: where to write checkpoints; ``None`` disables them.
-        checkpoint_every: iterations between checkpoints.
-        checkpoint_seconds: also checkpoint whenever this much wall-clock time has passed since
-            the last checkpoint (``None``: by iterations only).
-        resume: continue from ``checkpoint_path``, which must exist.
-        fingerprint: JSON-able settings stored in checkpoints; resuming with different ones fails.
+        checkpoint_path, checkpoint_every, checkpoint_seconds, resume, fingerprint: see
+            :func:`ddsec.engine.loop.run_loop`.
         on_nonfinite: ``"stop"`` or ``"backoff"``.
         max_backoffs: consecutive back-offs before stopping anyway.
         on_progress: called after every iteration (on rank 0 only, in a distributed run).
@@ -243,162 +332,25 @@ def distill(
             good state is checkpointed first when ``checkpoint_path`` is set.
         DDSecError: ``resume`` without a checkpoint, or a checkpoint from a run with other settings.
     """
-    if (iterations is None and replan is None) or (iterations is not None and iterations < 1) or n_models < 1:
-        raise ValueError("iterations (or a replan) and n_models must be at least 1")
-    schedule = CheckpointSchedule(checkpoint_every, checkpoint_seconds)
+    if n_models < 1:
+        raise ValueError("n_models must be at least 1")
     if on_nonfinite not in NONFINITE_POLICIES:
         raise ValueError(f"on_nonfinite must be one of {', '.join(NONFINITE_POLICIES)}")
-    fingerprint = dict(fingerprint or {})
-    images = synthetic.images.detach().clone().requires_grad_(True)
-    order = [name for name in LEARNABLES if name in synthetic.learned]
-    learned = {name: synthetic.learned[name].detach().clone().requires_grad_(True) for name in order}
-    if constraint is not None:
-        constraint.project_(images)
-    current = SyntheticSet(images, synthetic.labels.detach().clone(), learned, synthetic.epochs)
+    meta = dict(mode=mode, keep_graphs=keep_graphs, theta_every=theta_every, batching=batching, compile=compile)
+    method = MetaGradientAdam(
+        objective, synthetic, n_models=n_models, lr=lr, rates=rates or {}, betas=betas, decay_every=decay_every,
+        decay_factor=decay_factor, meta=meta, inner_optimizer=inner_optimizer, constraint=constraint,
+        sample_inner=sample_inner, dual=dual, penalty=penalty, seed=seed, on_nonfinite=on_nonfinite,
+        max_backoffs=max_backoffs,
+    )
 
-    def delivered() -> SyntheticSet:
-        """The set the victims see: ``current`` with its images delivered under ``constraint``."""
-        return current if constraint is None else current.replaced(images=constraint.deliver(images))
+    def report(tick: Tick) -> None:
+        on_progress(Progress(tick.iteration, tick.iterations, tick.loss, method.optimizer.param_groups[0]["lr"],
+                             method.delivered(), tick.event, tick.planned))
 
-    # One Adam group per trained tensor, named by its checkpoint key.
-    rate_of = adam_rates(lr, dict(rates or {}), order)
-    names = ["images", *(LEARNABLES[name].key for name in order)]
-    trained = [images, *learned.values()]
-    groups = [{"params": [images], "lr": lr}] + [{"params": [learned[n]], "lr": rate_of[n]} for n in order]
-    optimizer = torch.optim.Adam(groups, betas=betas)
-    base_lrs = [group["lr"] for group in optimizer.param_groups]
-    generator = torch.Generator().manual_seed(seed)
-    losses: list[float] = []
-    lr_scale, start = 1.0, 0
-    plan: dict = {}
-
-    if resume:
-        state = load_checkpoint(require_checkpoint(checkpoint_path), device=images.device)
-        refuse_other_settings(f"checkpoint {checkpoint_path}", state.fingerprint, fingerprint)
-        stored = state.synthetic
-        if set(stored.learned) != set(learned) or stored.images.shape != images.shape or any(
-                stored.learned[name].shape != tensor.shape for name, tensor in learned.items()):
-            raise DDSecError(f"checkpoint {checkpoint_path} holds a set of another shape; start over with --force")
-        with torch.no_grad():
-            images.copy_(stored.images)
-            for name, tensor in learned.items():
-                tensor.copy_(stored.learned[name])
-        _load_adam_state(optimizer, state.adam, names)
-        if dual is not None:
-            dual.load_state_dict(state.dual)
-        generator.set_state(state.generator_state)
-        losses = state.losses.tolist()
-        lr_scale, start = state.lr_scale, state.iteration
-        plan = dict(state.plan)
-        if plan:
-            iterations, decay_every = plan["iterations"], plan["decay_every"]
-
-    if dual is not None:
-        probe = max(probe, dual.period)
-    if iterations is None:  # provisional, until the plan is made after the first timed iterations
-        iterations = start + probe + 2
-
-    def planned() -> bool:
-        """Whether ``iterations`` is final (no budget, or its plan is made)."""
-        return replan is None or bool(plan)
-
-    def snapshot(iteration: int) -> LoopState:
-        return LoopState(current, _adam_state(optimizer, names), generator.get_state(), iteration,
-                         torch.tensor(losses, dtype=torch.float32), lr_scale, fingerprint, plan,
-                         {} if dual is None else dual.state_dict())
-
-    here = world()
-    if here.size > 1:
-        broadcast_(trained)
-        on_progress = on_progress if here.is_main else None
-
-    def checkpoint(iteration: int) -> None:
-        if checkpoint_path is not None and here.is_main:
-            save_checkpoint(checkpoint_path, snapshot(iteration))
-        schedule.saved()
-
-    model = objective.model
-    backoffs_in_a_row = total_backoffs = 0
-    iteration = start
-    timed_from: float | None = None  # the end of the first iteration of this process, for replan
-    if resume and on_progress is not None:
-        on_progress(Progress(start, iterations, losses[-1] if losses else float("nan"),
-                             optimizer.param_groups[0]["lr"], delivered(), "resume",
-                             planned()))
-    try:
-        while iteration < iterations:
-            if dual is not None:
-                if here.is_main:
-                    dual.update(iteration, delivered())
-                if here.size > 1:
-                    shared = dual.state_dict()
-                    broadcast_([shared[name] for name in sorted(shared)])
-                    dual.load_state_dict(shared)
-            decay = decay_factor ** (iteration // decay_every) if decay_every else 1.0
-            for group, base in zip(optimizer.param_groups, base_lrs):
-                group["lr"] = base * decay * lr_scale
-            if here.size > 1:
-                generator.manual_seed(iteration_seed(seed, iteration, here))
-            x_real, y_real = objective.real_batch(generator)
-            params = objective.init.sample(n_models, generator)
-            inner, inner_plan = (inner_optimizer, None) if sample_inner is None else sample_inner(generator)
-            loss, images_grad, raw_grads = meta_grads(
-                model, params, delivered(), x_real, y_real, mode=mode, keep_graphs=keep_graphs, theta_every=theta_every,
-                batching=batching, loss_fn=objective.outer_loss, optimizer=inner, plan=inner_plan, compile=compile,
-            )
-            learned_grads = [raw_grads[name] for name in order]
-            if penalty is not None:
-                shown = delivered()
-                at = shown.images.detach().requires_grad_(True)
-                extra = penalty(params, at, shown.labels.detach())
-                loss, images_grad = loss + extra.detach(), images_grad + torch.autograd.grad(extra, at)[0]
-            if here.size > 1:
-                loss, images_grad, *learned_grads = all_reduce_mean([loss.reshape(1), images_grad, *learned_grads])
-                loss = loss[0]
-            if not _finite(loss, images_grad, *learned_grads):
-                backoffs_in_a_row += 1
-                total_backoffs += 1
-                if on_nonfinite == "stop" or backoffs_in_a_row > max_backoffs:
-                    checkpoint(iteration)
-                    where = f"; the last good state is saved in {checkpoint_path}" if checkpoint_path else ""
-                    raise NonFiniteError(
-                        f"the outer loss or its gradient became NaN/inf at iteration {iteration + 1}{where};"
-                        " lower --lr or --distill-lr, then resume"
-                    )
-                lr_scale *= 0.5
-                if on_progress is not None:
-                    on_progress(Progress(iteration, iterations, float(loss), optimizer.param_groups[0]["lr"], delivered(),
-                                         "backoff", planned()))
-                continue
-            backoffs_in_a_row = 0
-            for tensor, grad in zip(trained, [images_grad, *learned_grads]):
-                tensor.grad = grad
-            optimizer.step()
-            if constraint is not None:
-                constraint.project_(images)
-            iteration += 1
-            if replan is not None and not plan:
-                if timed_from is None:
-                    timed_from = time.perf_counter()
-                elif iteration - start == probe + 1:
-                    seconds = (time.perf_counter() - timed_from) / probe
-                    chosen, every = replan(seconds)
-                    if here.size > 1:  # every process follows rank 0's plan
-                        shared = torch.tensor([chosen, every or 0, seconds], dtype=torch.float64)
-                        broadcast_([shared])
-                        chosen, every, seconds = int(shared[0]), int(shared[1]) or None, float(shared[2])
-                    iterations, decay_every = max(chosen, iteration), every
-                    plan = {"iterations": iterations, "decay_every": decay_every, "seconds_per_iteration": seconds}
-            losses.append(float(loss))
-            event = ""
-            if iteration == iterations or (checkpoint_path is not None and schedule.due(iteration)):
-                checkpoint(iteration)
-                event = "checkpoint" if checkpoint_path is not None else ""
-            if on_progress is not None:
-                on_progress(Progress(iteration, iterations, float(loss), optimizer.param_groups[0]["lr"], delivered(),
-                                     event, planned()))
-    except (KeyboardInterrupt, PeerLostError):
-        checkpoint(iteration)
-        raise
-    final = delivered().detached()
-    return DistillResult(final, torch.tensor(losses, dtype=torch.float32), start, total_backoffs, plan)
+    loop = run_loop(method, iterations=iterations, seed=seed, fingerprint=dict(fingerprint or {}),
+                    device=synthetic.images.device, replan=replan,
+                    probe=probe if dual is None else max(probe, dual.period), checkpoint_path=checkpoint_path,
+                    checkpoint_every=checkpoint_every, checkpoint_seconds=checkpoint_seconds, resume=resume,
+                    on_progress=None if on_progress is None else report)
+    return DistillResult(method.delivered().detached(), loop.losses, loop.resumed_from, loop.skipped, loop.plan)

@@ -5,13 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ddsec.condense.checkpoint import load_state
 from ddsec.condense.distribution_matching import distribution_matching_step
 from ddsec.condense.gradient_matching import default_loops, gradient_matching_step
 from ddsec.condense.loop import ImageSGD, condense
 from ddsec.condense.problem import Matching
 from ddsec.condense.sampling import RandomBatches
-from ddsec.engine import FixedInit, RandomInit
+from ddsec.engine import FixedInit, RandomInit, load_checkpoint
 from ddsec.errors import DDSecError, NonFiniteError
 from ddsec.evaluate import EpochRecipe
 
@@ -76,7 +75,7 @@ def test_interrupted_run_resumes_exactly(tiny_cnn, data, tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         condense(step, start, iterations=6, seed=3, fingerprint={"a": 1}, checkpoint_path=path, on_progress=stop_at_4)
-    assert len(load_state(path)[2]) == 4
+    assert load_checkpoint(path).iteration == 4 and load_checkpoint(path).losses.shape == (4,)
     with pytest.raises(DDSecError, match=r"other settings \(a\)"):
         condense(step, start, iterations=6, seed=3, fingerprint={"a": 2}, checkpoint_path=path, resume=True)
     resumed = condense(step, start, iterations=6, seed=3, fingerprint={"a": 1}, checkpoint_path=path, resume=True)
@@ -95,7 +94,7 @@ def test_nan_stops_with_the_last_good_state_saved(tiny_cnn, data, tmp_path):
     path = tmp_path / "run.ckpt"
     with pytest.raises(NonFiniteError, match="iteration 3"):
         condense(poisoned, start, iterations=5, seed=0, fingerprint={}, checkpoint_path=path)
-    assert len(load_state(path)[2]) == 2
+    assert load_checkpoint(path).losses.shape == (2,)
 
 
 def test_published_loops_by_images_per_class():

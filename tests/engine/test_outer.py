@@ -96,7 +96,7 @@ def test_nan_stops_with_last_good_state_saved(tmp_path):
         distill(obj, start_set(), iterations=10, checkpoint_path=ckpt, checkpoint_every=100)
     state = load_checkpoint(ckpt)
     assert state.iteration == 2
-    assert torch.isfinite(state.synthetic.images).all()
+    assert torch.isfinite(state.state["images"]).all()
 
 
 def test_backoff_skips_bad_iteration_and_halves_lr():
