@@ -11,7 +11,9 @@ of ``S`` steps × ``N = classes·ipc`` images with training sets of the same siz
   ``classes·ipc·S`` random real images (mean ± std over draws); the same with the k-means
   centroids is reported in :attr:`BaselineResult.details` (``kmeans_knn_acc``).
 
-The first four are trained on held-out models from ``p(θ0)`` exactly like a distilled set
+The first four are strategies (:data:`TRAINED_BASELINES`: the image sets a baseline trains and how
+it picks its final ones) that share one step-size search and one trainer; adding a baseline is
+one class. They are trained on held-out models from ``p(θ0)`` exactly like a distilled set
 (:func:`ddsec.evaluate.evaluate_synthetic`): ``S`` step batches with class-major labels, replayed
 for ``E`` epochs, one step size per inner step. The paper reports each with the best step size
 and epochs among {learned, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3} × {1, 3, 5}. Here the grid is
@@ -26,8 +28,9 @@ Selecting step sizes, epochs and the "optimized" sets on the test split favours 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -256,42 +259,126 @@ def run_baseline(
     if kind == "knn":
         return _knn_baseline(train, test, steps, ipc, n_models=n_models, seed=seed, kmeans_n_init=kmeans_n_init,
                              report=on_progress)
-    fixed = heldout.kind in FIXED_KINDS
     # a held-out population smaller than the model counts is used whole
     grid_models, n_models = (heldout_count(count, heldout, flag="--models")[0] for count in (grid_models, n_models))
+    setting = _Setting(train, steps, ipc, seed, heldout.kind in FIXED_KINDS, grid_models, n_models, candidates,
+                       kmeans_n_init)
+    strategy = TRAINED_BASELINES[kind](setting)
     trainer = _Trainer(model, heldout, class_major_labels(train.num_classes, ipc, steps), seed, device)
     pick = torch.randperm(len(test), generator=_generator(seed, _SELECTION))[:grid_images]
     selection = (test.images[pick], test.labels[pick])
-    images = None
-    if kind in ("kmeans", "average"):
-        images = (kmeans_images(train, ipc, steps, seed=seed, n_init=kmeans_n_init) if kind == "kmeans"
-                  else average_images(train, ipc, steps))
     schedules = _schedules(steps, epochs, learned_lrs, lrs, epochs_grid, learned_momenta)
-    if kind == "optimized" and random_grid is not None:
+    if random_grid is not None and strategy.grid_of == "random":
         best, grid = _reuse_grid(schedules, random_grid)
     else:
-        grid_sets = ([(real_images_per_class(train, ipc, steps, _generator(seed, _GRID_SETS, i)), 1)
-                      for i in range(grid_models)] if images is None else [(images, 1 if fixed else grid_models)])
-        best, grid = _grid_search(trainer, grid_sets, schedules, selection, on_progress)
+        best, grid = _grid_search(trainer, strategy.grid_sets(), schedules, selection, on_progress)
 
-    details: dict[str, float | int] = {}
-    final: Iterable[tuple[Tensor, int]]
-    if kind == "random":
-        final = ((real_images_per_class(train, ipc, steps, _generator(seed, _FINAL_SETS, i)), 1)
-                 for i in range(n_models))
-        total = n_models
-    elif kind == "optimized":
-        per_candidate = 1 if fixed else grid_models
-        kept, details = _best_candidates(train, steps, ipc, candidates,
-                                         lambda x: trainer.evaluate([(x, per_candidate)], best, *selection),
-                                         seed=seed, report=on_progress)
-        counts = [1] * len(kept) if fixed else _spread(n_models, len(kept))
-        final = [(x, m) for x, m in zip(kept, counts) if m > 0]
-        total = len(final)
-    else:
-        final, total = [(images, 1 if fixed else n_models)], 1
+    def score(images: Tensor, models: int) -> float:
+        return float(trainer.evaluate([(images, models)], best, *selection).after.mean())
+
+    final, total, details = strategy.final_sets(score, on_progress)
     evaluation = trainer.evaluate(final, best, test.images, test.labels, report=on_progress, total=total)
     return BaselineResult(kind, evaluation, best.lr, best.epochs, grid, details)
+
+
+@dataclass(frozen=True)
+class _Setting:
+    """What a step-trained baseline draws its image sets from (see :func:`run_baseline`).
+
+    Attributes:
+        fixed: the held-out init is one fixed model, so each image set trains one model.
+    """
+
+    train: ImageDataset
+    steps: int
+    ipc: int
+    seed: int
+    fixed: bool
+    grid_models: int
+    n_models: int
+    candidates: int
+    kmeans_n_init: int
+
+    def real_sets(self, stream: int, count: int) -> Iterator[Tensor]:
+        """``count`` random real sets ``[S, classes·ipc, C, H, W]`` of random stream ``stream``, drawn lazily."""
+        return (real_images_per_class(self.train, self.ipc, self.steps, _generator(self.seed, stream, i))
+                for i in range(count))
+
+
+Score = Callable[[Tensor, int], float]
+"""``score(images [S, N, C, H, W], models)``: mean selection accuracy of ``models`` models trained
+on ``images`` with the winning schedule."""
+
+
+class TrainedBaseline(Protocol):
+    """One step-trained baseline: the image sets the shared step-size search trains on, and the
+    sets of the final evaluation (each with how many held-out models train on it)."""
+
+    grid_of: str
+    """The baseline whose grid search this one repeats exactly (so ``random_grid`` may stand in
+    for it), or ``""``."""
+
+    def grid_sets(self) -> list[tuple[Tensor, int]]:
+        """The image sets of every grid cell."""
+        ...
+
+    def final_sets(self, score: Score, report: Report | None) -> tuple[Iterable[tuple[Tensor, int]], int, dict]:
+        """``(sets, how many, details)`` of the final evaluation, chosen with ``score`` where the baseline selects."""
+        ...
+
+
+class RandomReal:
+    """``random``: fresh random real images of each class for every model."""
+
+    grid_of = "random"
+
+    def __init__(self, setting: _Setting) -> None:
+        self.setting = setting
+
+    def grid_sets(self) -> list[tuple[Tensor, int]]:
+        return [(images, 1) for images in self.setting.real_sets(_GRID_SETS, self.setting.grid_models)]
+
+    def final_sets(self, score: Score, report: Report | None) -> tuple[Iterable[tuple[Tensor, int]], int, dict]:
+        count = self.setting.n_models
+        return ((images, 1) for images in self.setting.real_sets(_FINAL_SETS, count)), count, {}
+
+
+class OptimizedReal(RandomReal):
+    """``optimized``: the random grid, then the best :data:`KEEP_FRACTION` of ``candidates`` random
+    real sets by selection accuracy, the held-out models spread over them."""
+
+    def final_sets(self, score: Score, report: Report | None) -> tuple[Iterable[tuple[Tensor, int]], int, dict]:
+        s = self.setting
+        per_candidate = 1 if s.fixed else s.grid_models
+        kept, details = _best_candidates(list(s.real_sets(_CANDIDATES, s.candidates)),
+                                         lambda images: score(images, per_candidate), report)
+        counts = [1] * len(kept) if s.fixed else _spread(s.n_models, len(kept))
+        final = [(images, m) for images, m in zip(kept, counts) if m > 0]
+        return final, len(final), details
+
+
+class Summary:
+    """One summary image set (``kmeans`` centroids, the class ``average``) that every model trains on."""
+
+    grid_of = ""
+
+    def __init__(self, setting: _Setting, images: Tensor) -> None:
+        self.setting, self.images = setting, images
+
+    def grid_sets(self) -> list[tuple[Tensor, int]]:
+        return [(self.images, 1 if self.setting.fixed else self.setting.grid_models)]
+
+    def final_sets(self, score: Score, report: Report | None) -> tuple[Iterable[tuple[Tensor, int]], int, dict]:
+        return [(self.images, 1 if self.setting.fixed else self.setting.n_models)], 1, {}
+
+
+TRAINED_BASELINES: dict[str, Callable[[_Setting], TrainedBaseline]] = {
+    "random": RandomReal,
+    "optimized": OptimizedReal,
+    "kmeans": lambda s: Summary(s, kmeans_images(s.train, s.ipc, s.steps, seed=s.seed, n_init=s.kmeans_n_init)),
+    "average": lambda s: Summary(s, average_images(s.train, s.ipc, s.steps)),
+}
+"""Each step-trained baseline by kind; ``knn`` trains nothing and is :func:`_knn_baseline`."""
 
 
 def _reuse_grid(schedules: list[_Schedule], grid: dict[str, float]) -> tuple[_Schedule, dict[str, float]]:
@@ -318,30 +405,22 @@ def _grid_search(
 
 
 def _best_candidates(
-    train: ImageDataset,
-    steps: int,
-    ipc: int,
-    candidates: int,
-    score: Callable[[Tensor], EvalResult],
-    *,
-    seed: int,
-    report: Report | None,
+    sets: list[Tensor], score: Callable[[Tensor], float], report: Report | None,
 ) -> tuple[list[Tensor], dict[str, float | int]]:
-    """Draw ``candidates`` random real sets, keep the best :data:`KEEP_FRACTION` by ``score``.
+    """Keep the best :data:`KEEP_FRACTION` of the candidate ``sets`` by ``score``.
 
     Returns:
         The kept sets (best first), each ``[S, classes·ipc, C, H, W]``, and details: how many
         were drawn and kept, the mean selection accuracy of all candidates and of the kept ones.
     """
-    sets, scores = [], []
-    for i in range(candidates):
-        sets.append(real_images_per_class(train, ipc, steps, _generator(seed, _CANDIDATES, i)))
-        scores.append(float(score(sets[-1]).after.mean()))
+    scores = []
+    for i, images in enumerate(sets):
+        scores.append(score(images))
         if report is not None:
-            report("candidates", i + 1, candidates)
-    keep = max(1, round(KEEP_FRACTION * candidates))
-    order = sorted(range(candidates), key=lambda i: -scores[i])[:keep]
-    details = {"candidates": candidates, "kept": keep, "selection_acc_all": float(np.mean(scores)),
+            report("candidates", i + 1, len(sets))
+    keep = max(1, round(KEEP_FRACTION * len(sets)))
+    order = sorted(range(len(sets)), key=lambda i: -scores[i])[:keep]
+    details = {"candidates": len(sets), "kept": keep, "selection_acc_all": float(np.mean(scores)),
                "selection_acc_kept": float(np.mean([scores[i] for i in order]))}
     return [sets[i] for i in order], details
 
