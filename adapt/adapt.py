@@ -143,7 +143,7 @@ def prepare_adapt(cfg: AdaptConfig, train_entry: Callable[[str, int, int], None]
         fixed = FixedInit(dict(model.named_parameters()), kind="pretrained")
         base = DistillConfig(**{k: v for k, v in asdict(cfg).items() if k in DistillConfig.__dataclass_fields__}
                              | {"dataset": cfg.tgt, "model": "alexnet"})
-        return DistillJob(base, train, test, model, fixed, fixed, device, _fingerprint(cfg, base))
+        return fit_to_populations(DistillJob(base, train, test, model, fixed, fixed, device, _fingerprint(cfg, base)))
     train, test = load_dataset(cfg.tgt, train=True, **shape), load_dataset(cfg.tgt, train=False, **shape)
     train_path, heldout_path = _source_paths(cfg, size, channels, train_entry)
     model = build_model(cfg.model, train).to(device)

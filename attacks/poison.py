@@ -83,7 +83,6 @@ class PoisonConfig(DistillConfig):
     iterations: int = 200
     lr: float = 0.02
     distill_lr: float = 0.02
-    eval_models: int = 50
     attack: int = 3
     target: int = 8
     attack_weight: float = 1.0
@@ -96,6 +95,7 @@ class PoisonConfig(DistillConfig):
     evade_weight: float = 1.0
     eval_population: str | None = None
     zoo: str | None = None
+    EVAL_MODELS: ClassVar[int] = 50
     RUNTIME: ClassVar[tuple[str, ...]] = (*DistillConfig.RUNTIME, "eval_population", "zoo")
 
     def __post_init__(self) -> None:
@@ -196,7 +196,7 @@ def prepare_poison(cfg: PoisonConfig, train_entry: Callable[[str], None] | None 
     train_path, heldout_path = resolve_populations(cfg, train_entry)
     base_cfg = DistillConfig(**{k: v for k, v in asdict(cfg).items() if k in DistillConfig.__dataclass_fields__}
                              | {"population": train_path, "heldout_population": heldout_path})
-    base = prepare_distill(base_cfg)
+    base = prepare_distill(base_cfg, eval_default=cfg.EVAL_MODELS)
     base = replace(base, fingerprint={**cfg.fingerprint(), **base.fingerprint})  # base: resolved paths
     cfg = replace(cfg, eval_models=base.cfg.eval_models)  # capped to the held-out population
     notes = list(base.notes)

@@ -97,7 +97,7 @@ class DistillConfig:
     lr_momenta: float | None = None  # None: the same as lr_step_sizes (else lr)
     seed: int = 0
     device: str = "auto"
-    eval_models: int = 20
+    eval_models: int | None = None  # None: up to EVAL_MODELS, a smaller held-out population whole, no note
 
     def __post_init__(self) -> None:
         if (self.iterations is None) == (self.budget is None):
@@ -108,7 +108,8 @@ class DistillConfig:
             raise DDSecError(f"--decay-fraction must lie in (0, 1), got {self.decay_fraction}")
         positive = {"--steps": self.steps, "--epochs": self.epochs, "--ipc": self.ipc,
                     "--n-models": self.n_models, "--iterations": 1 if self.iterations is None else self.iterations,
-                    "--batch-size": self.batch_size, "--eval-models": self.eval_models}
+                    "--batch-size": self.batch_size,
+                    "--eval-models": 1 if self.eval_models is None else self.eval_models}
         for flag, value in positive.items():
             if value < 1:
                 raise DDSecError(f"{flag} must be at least 1, got {value}")
@@ -143,6 +144,8 @@ class DistillConfig:
         if self.decay_every is not None and self.decay_every < 1:
             raise DDSecError(f"--decay-every must be at least 1, got {self.decay_every}")
 
+    EVAL_MODELS: ClassVar[int] = 20
+    """Held-out models evaluated when ``eval_models`` is not given (a smaller population: all of it)."""
     RUNTIME: ClassVar[tuple[str, ...]] = ("data_dir", "download", "device", "eval_models", "heldout_population",
                                           "iterations", "keep_graphs", "theta_every", "compile")
     """Settings a resumed run may change: where the data lies, the device, the held-out evaluation,
@@ -214,11 +217,13 @@ class DistillJob:
     notes: list[str] = field(default_factory=list)
 
 
-def fit_to_populations(job: DistillJob) -> DistillJob:
+def fit_to_populations(job: DistillJob, eval_default: int | None = None) -> DistillJob:
     """``job`` with its model counts checked against its populations, before any work starts.
 
     ``--n-models`` larger than the training population is refused; ``--eval-models`` larger
-    than the held-out population is capped to it, with a note.
+    than the held-out population is capped to it, with a note. Not given, it becomes
+    ``eval_default`` (else the config's ``EVAL_MODELS``), capped without a note: a default is
+    no request.
 
     Raises:
         DDSecError: ``--n-models`` exceeds the training population.
@@ -227,19 +232,19 @@ def fit_to_populations(job: DistillJob) -> DistillJob:
     if isinstance(job.init, PopulationInit) and job.init.size < cfg.n_models:
         raise DDSecError(f"--n-models {cfg.n_models} exceeds the training population's {job.init.size} models;"
                          f" pass --n-models {job.init.size} or less")
-    count, note = heldout_count(cfg.eval_models, job.heldout, flag="--eval-models")
-    if note is None:
-        return job
-    return replace(job, cfg=replace(cfg, eval_models=count), notes=[*job.notes, note])
+    count, note = heldout_count(cfg.eval_models, job.heldout, flag="--eval-models",
+                                default=eval_default or cfg.EVAL_MODELS)
+    return replace(job, cfg=replace(cfg, eval_models=count), notes=job.notes if note is None else [*job.notes, note])
 
 
-def prepare_distill(cfg: DistillConfig) -> DistillJob:
-    """Load the data and build the model and initial-weight distributions (fails fast on bad input)."""
+def prepare_distill(cfg: DistillConfig, *, eval_default: int | None = None) -> DistillJob:
+    """Load the data and build the model and initial-weight distributions (fails fast on bad input);
+    ``eval_default``: see :func:`fit_to_populations`."""
     device = resolve_device(cfg.device)
     train = load_dataset(cfg.dataset, train=True, root=cfg.data_dir, download=cfg.download)
     test = load_dataset(cfg.dataset, train=False, root=cfg.data_dir, download=cfg.download)
     model, init, heldout = build_inits(cfg, train, device)
-    return fit_to_populations(DistillJob(cfg, train, test, model, init, heldout, device, cfg.fingerprint()))
+    return fit_to_populations(DistillJob(cfg, train, test, model, init, heldout, device, cfg.fingerprint()), eval_default)
 
 
 def initial_synthetic(job: DistillJob) -> SyntheticSet:

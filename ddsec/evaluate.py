@@ -56,21 +56,25 @@ class EvalResult:
         }
 
 
-def heldout_count(requested: int, heldout: InitDistribution, *, flag: str) -> tuple[int, str | None]:
+def heldout_count(requested: int | None, heldout: InitDistribution, *, flag: str,
+                  default: int = 20) -> tuple[int, str | None]:
     """How many held-out models an evaluation of ``requested`` models can draw from ``heldout``.
 
-    A held-out population smaller than ``requested`` is used whole (a default such as
-    ``--eval-models 20`` must not fail after a long run on the 10-model population trained on
-    first use). Other inits keep ``requested`` (fixed ones are drawn once downstream, see
-    :func:`ddsec.engine.distinct_draws`).
+    A held-out population smaller than the count is used whole (a request such as
+    ``--eval-models 50`` must not fail after a long run on the 10-model population trained on
+    first use). Other inits keep the count (fixed ones are drawn once downstream, see
+    :func:`ddsec.engine.distinct_draws`). ``requested`` ``None`` (the flag not given) means
+    ``default``, capped without a note: a default is no request.
 
     Returns:
-        ``(count, note)``: ``note`` is a one-line explanation when a population capped the count.
+        ``(count, note)``: ``note`` is a one-line explanation when a population capped a request.
     """
     limit = draw_limit(heldout)
-    if heldout.kind == "population" and limit is not None and requested > limit:
-        return limit, f"{flag} {requested} is more than the {limit} held-out models: evaluating all {limit}"
-    return requested, None
+    count = default if requested is None else requested
+    if heldout.kind == "population" and limit is not None and count > limit:
+        note = f"{flag} {requested} is more than the {limit} held-out models: evaluating all {limit}"
+        return limit, None if requested is None else note
+    return count, None
 
 
 @torch.no_grad()

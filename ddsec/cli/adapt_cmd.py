@@ -62,7 +62,7 @@ def adapt(
     resume: bool = O.RESUME,
     force: bool = O.FORCE,
     checkpoint_seconds: float = O.CHECKPOINT_SECONDS,
-    eval_models: int = typer.Option(A.eval_models, help="Held-out source models evaluated (at most the population's size)."),
+    eval_models: Optional[int] = typer.Option(None, help=f"Held-out source models evaluated (default {A.EVAL_MODELS}, or the whole held-out population when smaller)."),
     eval_every: Optional[int] = O.EVAL_EVERY,
     baseline: list[str] = typer.Option([], help="Also evaluate: random | optimized | kmeans | average | all (repeatable)."),
     grid_models: int = O.GRID_MODELS,

@@ -20,7 +20,7 @@ def detect(
                                                      " gradient-alignment | pixels | all (repeatable)."),
     clean_size: Optional[int] = typer.Option(None, help="Inject into this many clean training images (a fine-tuning"
                                                         " set) instead of the whole training set."),
-    models: int = typer.Option(10, help="Held-out models that score the data, one at a time (each is also a victim)."),
+    models: Optional[int] = typer.Option(None, help="Held-out models that score the data, one at a time (each is also a victim; default 10, or the whole held-out population when smaller)."),
     victim: str = typer.Option("sgd name=paper", help="How each victim trains on what the filter keeps (a victim spec,"
                                                       " as in `ddsec stress --victim`)."),
     fpr: list[float] = typer.Option([0.01, 0.05], help="False-positive rates at which to report the true-positive rate"
@@ -53,7 +53,7 @@ def detect(
 
     for rate in fpr:
         check_fpr(rate)
-    if models < 1 or k < 1:
+    if (models is not None and models < 1) or k < 1:
         raise DDSecError(f"--models and --k must be at least 1, got {models} and {k}")
     if expected_fraction is not None and not 0 < expected_fraction < 1:
         raise DDSecError(f"--expected-fraction must lie strictly between 0 and 1, got {expected_fraction}")
@@ -68,7 +68,7 @@ def detect(
                                       heldout_population=heldout_population)
     base, cfg = job.base, job.cfg
     feature_module(base.model, layer, flag="--layer")
-    models, note = heldout_count(models, base.heldout, flag="--models")
+    models, note = heldout_count(models, base.heldout, flag="--models", default=10)
     print_notes([] if note is None else [note])
     poison = SyntheticSet.from_lrs(dset.images.to(base.device), dset.labels.to(base.device), dset.lrs.to(base.device),
                                    dset.meta.epochs)

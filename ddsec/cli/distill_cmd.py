@@ -132,7 +132,7 @@ def distill(
         heldout_population=heldout_population, n_models=n_models, batch_size=batch_size, distill_lr=distill_lr,
         decay_every=decay_every, mode=mode, theta_every=O.theta_every(theta_every), compile=compile, image_init=image_init,
         learn_labels=learn_labels, seed=seed, device=device,
-        eval_models=D.eval_models if eval_models is None else eval_models, **settings,
+        eval_models=eval_models, **settings,
     )
     default = Path("distilled") / f"{dataset}-{model}.safetensors"
     output, checkpoint = O.output_paths(out_path, default, resume=resume, force=force)

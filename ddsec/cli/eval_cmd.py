@@ -28,7 +28,7 @@ BASELINE_HELP = ("Also evaluate a Table 1 baseline of the same size: random | op
 @user_errors
 def evaluate(
     file: Path = typer.Argument(..., help="A distilled set (.safetensors) written by ddsec."),
-    models: int = typer.Option(200, help="Held-out models (fresh random inits; 1 for a fixed or pretrained init;"
+    models: Optional[int] = typer.Option(None, help="Held-out models, default 200 (fresh random inits; 1 for a fixed or pretrained init;"
                                          " baselines: random real draws, k-NN draws)."),
     per_step: bool = typer.Option(False, help="Also print the accuracy after every inner step."),
     data_dir: Optional[str] = typer.Option(None, help="Data root (default $DDSEC_DATA, else ~/.cache/ddsec/data)."),
@@ -59,7 +59,7 @@ def evaluate(
         raise DDSecError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     with err.status("loading the set and the data…"):
         dset, job = prepare_eval(file, data_dir=data_dir, heldout_population=heldout_population, device=device)
-    models, note = heldout_count(models, job.heldout, flag="--models")
+    models, note = heldout_count(models, job.heldout, flag="--models", default=200)
     print_notes([] if note is None else [note])
     meta = dset.meta
     chosen = protocol or default_protocol(meta.config)

@@ -78,7 +78,7 @@ def poison(
     resume: bool = O.RESUME,
     force: bool = O.FORCE,
     checkpoint_seconds: float = O.CHECKPOINT_SECONDS,
-    eval_models: int = typer.Option(P.eval_models, help="Held-out models evaluated (at most the population's size)."),
+    eval_models: Optional[int] = typer.Option(None, help=f"Held-out models evaluated (default {P.EVAL_MODELS}, or the whole held-out population when smaller)."),
     baseline: list[str] = typer.Option([], help="Also run a label-flip baseline: flip-random | flip-average | flip-kmeans | all (repeatable)."),
     grid_models: int = typer.Option(8, help="Label-flip baselines: training-population models per step-size cell."),
     nproc: int = NPROC,

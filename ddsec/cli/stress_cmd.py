@@ -26,7 +26,7 @@ def stress(
                                               " (repeatable; keys: lr momentum wd mix steps placement augment warmup"
                                               " after clean-lr clean-batch name)."),
     standard: bool = typer.Option(True, help="Include the standard victims (the paper's, then one change at a time)."),
-    models: int = typer.Option(10, help="Held-out models, the same ones in every cell (at most the population's size)."),
+    models: Optional[int] = typer.Option(None, help="Held-out models, the same ones in every cell (default 10, or the whole held-out population when smaller)."),
     baseline: list[str] = typer.Option(["all"], help="Label-flip baselines replayed under the same victims:"
                                                      " flip-random | flip-average | flip-kmeans | all | none (repeatable)."),
     heldout_population: Optional[str] = O.HELDOUT_OF_BATCH,
@@ -55,13 +55,13 @@ def stress(
     unknown = sorted(set(kinds) - set(FLIP_KINDS))
     if unknown:
         raise DDSecError(f"unknown --baseline {unknown[0]!r}; choose from {', '.join(FLIP_KINDS)}, all or none")
-    if models < 1:
+    if models is not None and models < 1:
         raise DDSecError(f"--models must be at least 1, got {models}")
     with err.status("loading the batch, the data and the held-out models…"):
         dset, job = prepare_from_file(file, data_dir=data_dir, zoo=zoo, device=device,
                                       heldout_population=heldout_population)
     base, cfg = job.base, job.cfg
-    models, note = heldout_count(models, base.heldout, flag="--models")
+    models, note = heldout_count(models, base.heldout, flag="--models", default=10)
     print_notes([] if note is None else [note])
     device_of = base.device
     poison = SyntheticSet.from_lrs(dset.images.to(device_of), dset.labels.to(device_of), dset.lrs.to(device_of),

@@ -99,6 +99,11 @@ def test_poison_caps_eval_models_to_the_heldout_population_and_names_classes_onc
     assert "--eval-models 50 is more than the 3 held-out models: evaluating all 3" in result.stderr
     assert json.loads(result.stdout.strip().splitlines()[-1])["eval"]["models"] == 3
     assert "│ 3 (attacked)" in result.stdout and "3 3" not in result.stdout
+    default = runner.invoke(app, ["poison", "--zoo", str(zoo), "--model", "mlp", "--iterations", "1", "--n-models", "2",
+                                  "--batch-size", "64", "--quiet", "--json", "--out", str(tmp_path / "d.safetensors")])
+    assert default.exit_code == 0, default.output
+    assert "eval-models" not in default.stderr  # the default (50) is no request: the 3 models, silently
+    assert json.loads(default.stdout.strip().splitlines()[-1])["eval"]["models"] == 3
 
 
 def test_condense_resume_refuses_another_ipc(monkeypatch, tmp_path):
