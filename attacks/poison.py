@@ -151,7 +151,8 @@ class PoisonOutcome:
     :class:`~ddsec.attacks.collateral.TrainingCheck`): ``train_asr``, ``train_collateral`` and its
     one-sided 95 % upper bound ``train_collateral_bound`` of the delivered batch, the ``iteration``
     that made it, ``max_collateral`` and the final multiplier ``lambda`` (both ``None`` for the
-    paper's fixed objective).
+    paper's fixed objective), and ``budget_met``: whether that bound is within the budget (no
+    measured batch was when it is ``False``: the batch is then the last one; ``None`` without a budget).
     """
 
     distilled: DistilledSet
@@ -279,7 +280,8 @@ class PoisonTask:
         crafting = {"max_collateral": cfg.max_collateral, "lambda": None if self.budget is None else self.budget.lam,
                     "iteration": chosen.iteration, "train_asr": chosen.measurement.asr,
                     "train_collateral": chosen.measurement.collateral,
-                    "train_collateral_bound": chosen.measurement.collateral_bound}
+                    "train_collateral_bound": chosen.measurement.collateral_bound,
+                    "budget_met": None if self.budget is None else chosen.measurement.collateral_bound <= cfg.max_collateral}
         kwargs = dict(attack=cfg.attack, target=cfg.target, n_models=cfg.eval_models, seed=cfg.seed + 1_000_003)
         evaluation = evaluate_attack(base.model, base.heldout, chosen.synthetic, test, **kwargs)
         transfer = None if self.poison.transfer is None else evaluate_attack(

@@ -68,6 +68,9 @@ def _summary(result: SweepResult) -> Table:
             ("median change on other classes", f"{points(statistics.median(r['collateral'] for r in done))} points"),
             ("weakest pair", f"{weakest['attack']} → {weakest['target']}: {percent(weakest['eval']['asr_mean'])}"),
         ]
+        missed = [f"{r['attack']} → {r['target']}" for r in done if r["crafting"].get("budget_met") is False]
+        if missed:
+            rows.append(("collateral budget not met at the training check", f"{len(missed)} pairs: {', '.join(missed)}"))
     paths = result.paths
     rows.append(("files", f"{paths.state}, {paths.success}, {paths.collateral}, one batch per pair"))
     return result_table("ddsec poison --pairs", rows)
@@ -88,6 +91,7 @@ def _pairs_table(result: SweepResult) -> Table:
             continue
         s, c = r["eval"], r["crafting"]
         table.add_row(pair, percent(s["asr_mean"], s["asr_std"]), percent(s["asr_worst_decile"]),
-                      points(r["collateral"]), f"{percent(c['train_asr'])}, {points(c['train_collateral'])}",
+                      points(r["collateral"]), f"{percent(c['train_asr'])}, {points(c['train_collateral'])}"
+                      + (" (over budget)" if c.get("budget_met") is False else ""),
                       "" if c["lambda"] is None else f"{c['lambda']:.3g}", r["output"])
     return table

@@ -210,8 +210,12 @@ def _objective_line(crafting: dict, attack_weight: float) -> str:
                 f" {percent(crafting['train_asr'])}")
     if crafting["max_collateral"] is None:
         return f"the paper's, attack weight {attack_weight:g}; {measured}"
-    return (f"collateral ≤ {100 * crafting['max_collateral']:.1f} points; {measured}; λ {crafting['lambda']:.3g},"
+    line = (f"collateral ≤ {100 * crafting['max_collateral']:.1f} points; {measured}; λ {crafting['lambda']:.3g},"
             f" batch of iteration {crafting['iteration']}")
+    if crafting["budget_met"]:
+        return line
+    return (f"{line}. BUDGET NOT MET: no batch crafting measured had its bound within the budget; this is the last"
+            " one (a longer --budget or a larger --max-collateral may help)")
 
 
 def _fraction(text: str, flag: str) -> float:

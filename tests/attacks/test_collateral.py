@@ -106,6 +106,8 @@ def test_the_budget_holds_where_a_large_fixed_weight_does_not(zoo):
     assert fixed.crafting["train_collateral"] > 0.05, fixed.crafting  # the fixed weight overshoots the budget
     assert held.crafting["train_collateral"] <= 0.05, held.crafting
     assert held.crafting["train_asr"] > 0.5, held.crafting  # within budget, the attack still works
+    assert held.crafting["budget_met"] is True and fixed.crafting["budget_met"] is None
+    assert (held.crafting["train_collateral_bound"] <= 0.05) is held.crafting["budget_met"]
     s, f = held.evaluation.summary(), fixed.evaluation.summary()
     assert s["asr_mean"] > s["asr_before"] + 0.1, s
     assert s["acc_other_before"] - s["acc_other_after"] < f["acc_other_before"] - f["acc_other_after"]

@@ -161,3 +161,13 @@ def test_version_is_the_installed_distribution_s():
 
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and result.stdout.strip() == f"ddsec {version('ddsec')}" == f"ddsec {__version__}"
+
+
+def test_poison_says_when_no_batch_met_the_collateral_budget(zoo, tmp_path):
+    result = runner.invoke(app, ["poison", "--zoo", str(zoo), "--model", "mlp", "--iterations", "2", "--n-models", "2",
+                                 "--batch-size", "64", "--max-collateral", "0.000001", "--json",
+                                 "--out", str(tmp_path / "p.safetensors")])
+    assert result.exit_code == 0, result.output
+    crafting = json.loads(result.stdout.strip().splitlines()[-1])["crafting"]
+    assert crafting["train_collateral_bound"] > 0.000001 and crafting["budget_met"] is False
+    assert "BUDGET NOT MET" in result.stdout
