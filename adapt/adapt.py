@@ -143,7 +143,8 @@ def prepare_adapt(cfg: AdaptConfig, train_entry: Callable[[str, int, int], None]
         fixed = FixedInit(dict(model.named_parameters()), kind="pretrained")
         base = DistillConfig(**{k: v for k, v in asdict(cfg).items() if k in DistillConfig.__dataclass_fields__}
                              | {"dataset": cfg.tgt, "model": "alexnet"})
-        return fit_to_populations(DistillJob(base, train, test, model, fixed, fixed, device, _fingerprint(cfg, base)))
+        return fit_to_populations(DistillJob(base, train, test, model, fixed, fixed, device, _fingerprint(cfg, base)),
+                                  cfg.EVAL_MODELS)
     train, test = load_dataset(cfg.tgt, train=True, **shape), load_dataset(cfg.tgt, train=False, **shape)
     train_path, heldout_path = _source_paths(cfg, size, channels, train_entry)
     model = build_model(cfg.model, train).to(device)
@@ -158,7 +159,8 @@ def prepare_adapt(cfg: AdaptConfig, train_entry: Callable[[str, int, int], None]
     base = DistillConfig(**{k: v for k, v in asdict(cfg).items() if k in DistillConfig.__dataclass_fields__}
                          | {"dataset": cfg.tgt, "init": cfg.init,
                             "population": train_path, "heldout_population": heldout_path})
-    return fit_to_populations(DistillJob(base, train, test, model, init, heldout, device, _fingerprint(cfg, base)))
+    return fit_to_populations(DistillJob(base, train, test, model, init, heldout, device, _fingerprint(cfg, base)),
+                              cfg.EVAL_MODELS)
 
 
 def _fingerprint(cfg: AdaptConfig, base: DistillConfig) -> dict:
@@ -167,10 +169,11 @@ def _fingerprint(cfg: AdaptConfig, base: DistillConfig) -> dict:
     return {**cfg.fingerprint(), **base.fingerprint()}
 
 
-def adapt_meta(cfg: AdaptConfig) -> dict:
-    """Metadata overrides of an exported adaptation set."""
+def adapt_meta(cfg: AdaptConfig, job: DistillJob) -> dict:
+    """Metadata overrides of an exported adaptation set (``job``: from :func:`prepare_adapt`, whose
+    held-out model count is the one evaluated)."""
     return {"task": "adapt", "source": cfg.src, "target": cfg.tgt, "dataset": cfg.tgt, "init": cfg.init,
-            "config": asdict(cfg)}
+            "config": asdict(cfg) | {"eval_models": job.cfg.eval_models}}
 
 
 def finetune_reference(job: DistillJob, *, n_models: int, recipe: TrainRecipe, seed: int = 0) -> Tensor:

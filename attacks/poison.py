@@ -199,6 +199,7 @@ def prepare_poison(cfg: PoisonConfig, train_entry: Callable[[str], None] | None 
                              | {"population": train_path, "heldout_population": heldout_path})
     base = prepare_distill(base_cfg, eval_default=cfg.EVAL_MODELS)
     base = replace(base, fingerprint={**cfg.fingerprint(), **base.fingerprint})  # base: resolved paths
+    asked = cfg.eval_models
     cfg = replace(cfg, eval_models=base.cfg.eval_models)  # capped to the held-out population
     notes = list(base.notes)
     for path in (train_path, heldout_path):
@@ -207,7 +208,7 @@ def prepare_poison(cfg: PoisonConfig, train_entry: Callable[[str], None] | None 
     transfer = None
     if cfg.eval_population is not None:
         transfer = other_population(cfg.eval_population, base, cfg.zoo)
-        note = heldout_count(cfg.eval_models, transfer[1], flag="--eval-models")[1]
+        note = heldout_count(asked, transfer[1], flag="--eval-models", default=cfg.EVAL_MODELS)[1]
         notes += [] if note is None else [f"transfer population {transfer[2]}: {note}"]
     return PoisonJob(cfg, base, transfer, notes)
 

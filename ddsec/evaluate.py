@@ -57,18 +57,20 @@ class EvalResult:
 
 
 def heldout_count(requested: int | None, heldout: InitDistribution, *, flag: str,
-                  default: int = 20) -> tuple[int, str | None]:
+                  default: int | None = None) -> tuple[int, str | None]:
     """How many held-out models an evaluation of ``requested`` models can draw from ``heldout``.
 
     A held-out population smaller than the count is used whole (a request such as
     ``--eval-models 50`` must not fail after a long run on the 10-model population trained on
     first use). Other inits keep the count (fixed ones are drawn once downstream, see
     :func:`ddsec.engine.distinct_draws`). ``requested`` ``None`` (the flag not given) means
-    ``default``, capped without a note: a default is no request.
+    ``default`` (then required), capped without a note: a default is no request.
 
     Returns:
         ``(count, note)``: ``note`` is a one-line explanation when a population capped a request.
     """
+    if requested is None and default is None:
+        raise ValueError("heldout_count needs a default when no count is requested")
     limit = draw_limit(heldout)
     count = default if requested is None else requested
     if heldout.kind == "population" and limit is not None and count > limit:

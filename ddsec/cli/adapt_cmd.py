@@ -109,7 +109,7 @@ def adapt(
     print_notes(notes + job.notes)
     with progress_bar("adapting", iterations or 1, quiet=quiet) as update:
         outcome = run_distill(job, checkpoint_path=checkpoint, resume=resume, checkpoint_seconds=checkpoint_seconds,
-                              eval_every=every, eval_times=5, on_progress=loop_reporter(update, "held-out"), meta=adapt_meta(cfg))
+                              eval_every=every, eval_times=5, on_progress=loop_reporter(update, "held-out"), meta=adapt_meta(cfg, job))
     if outcome is None:  # another rank of a distributed run: rank 0 evaluates and exports
         return
     save_distilled(output, outcome.distilled)

@@ -53,8 +53,9 @@ def detect(
 
     for rate in fpr:
         check_fpr(rate)
-    if (models is not None and models < 1) or k < 1:
-        raise DDSecError(f"--models and --k must be at least 1, got {models} and {k}")
+    for flag, value in (("--models", models), ("--k", k)):
+        if value is not None and value < 1:
+            raise DDSecError(f"{flag} must be at least 1, got {value}")
     if expected_fraction is not None and not 0 < expected_fraction < 1:
         raise DDSecError(f"--expected-fraction must lie strictly between 0 and 1, got {expected_fraction}")
     spec = parse_victim(victim)

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from ddsec.engine.checkpoint import DEFAULT_CHECKPOINT_SECONDS
-from ddsec.engine.loop import Step, Tick, run_loop
+from ddsec.engine.loop import StepOutcome, Tick, run_loop
 from ddsec.errors import DDSecError, NonFiniteError
 
 
@@ -98,13 +98,13 @@ class _ImageMethod:
         self.matching_step = step
         self.state = ImageState(initial.detach(), torch.zeros_like(initial))
 
-    def step(self, iteration: int, generator: torch.Generator) -> Step:
+    def step(self, iteration: int, generator: torch.Generator) -> StepOutcome:
         new_state, loss = self.matching_step(self.state, generator, iteration)
         if not (math.isfinite(loss) and bool(torch.isfinite(new_state.images).all())):
             raise NonFiniteError("the matching loss or the images became NaN/inf at iteration {iteration}{where};"
                                  " lower --lr and start over with --force")
         self.state = new_state
-        return Step(loss)
+        return StepOutcome(loss)
 
     def state_dict(self) -> dict[str, Tensor]:
         return {"images": self.state.images, "momentum": self.state.momentum}
@@ -112,7 +112,7 @@ class _ImageMethod:
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         shape = self.state.images.shape
         if any(key not in state or state[key].shape != shape for key in ("images", "momentum")):
-            raise DDSecError("the checkpoint holds images of another shape; start over with --force")
+            raise DDSecError("it holds images of another shape; start over with --force")
         self.state = ImageState(state["images"], state["momentum"])
 
     def use_plan(self, plan: dict) -> None:

@@ -27,7 +27,7 @@ from ddsec.engine.compiled import COMPILE_CHOICES, use_compile
 from ddsec.engine.inner import SGD, Adam, InnerOptimizer
 from ddsec.engine.metagrad import MODES, CompileFallback, MetaGradient, meta_grad, meta_grads
 from ddsec.engine.objective import ClassificationObjective, Objective, RealBatches
-from ddsec.engine.loop import LoopResult, Method, Step, Tick, run_loop
+from ddsec.engine.loop import LoopResult, Method, StepOutcome, Tick, run_loop
 from ddsec.engine.outer import DistillResult, Dual, ImageConstraint, MetaGradientAdam, Progress, distill
 from ddsec.engine.schedule import InnerStep, replay, shift_images
 from ddsec.engine.population import (
@@ -69,7 +69,7 @@ __all__ = [
     "Progress",
     "RandomInit",
     "RealBatches",
-    "Step",
+    "StepOutcome",
     "SyntheticSet",
     "Tick",
     "World",

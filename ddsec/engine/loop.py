@@ -37,11 +37,11 @@ from ddsec.engine.checkpoint import (
     save_checkpoint,
 )
 from ddsec.engine.distributed import PeerLostError, broadcast_, world
-from ddsec.errors import NonFiniteError
+from ddsec.errors import DDSecError, NonFiniteError
 
 
 @dataclass(frozen=True)
-class Step:
+class StepOutcome:
     """What one call of :meth:`Method.step` did.
 
     Attributes:
@@ -57,13 +57,13 @@ class Step:
 class Method(Protocol):
     """One distiller's outer iteration and its state."""
 
-    def step(self, iteration: int, generator: torch.Generator) -> Step:
+    def step(self, iteration: int, generator: torch.Generator) -> StepOutcome:
         """Run outer iteration ``iteration`` (0-based), drawing from ``generator``.
 
         Raises:
-            NonFiniteError: NaN/inf, the state left as it was; the message may name
-                ``{iteration}`` (1-based) and ``{where}`` (where the last good state is saved),
-                which the loop fills in.
+            NonFiniteError: NaN/inf, the state left as it was; the message may hold the
+                placeholders ``{iteration}`` (1-based) and ``{where}`` (where the last good state
+                is saved), which the loop fills in.
         """
         ...
 
@@ -166,7 +166,10 @@ def run_loop(
     if resume:
         saved = load_checkpoint(require_checkpoint(checkpoint_path), device=device)
         refuse_other_settings(f"checkpoint {checkpoint_path}", saved.fingerprint, fingerprint)
-        method.load_state_dict(saved.state)
+        try:
+            method.load_state_dict(saved.state)
+        except DDSecError as exc:
+            raise DDSecError(f"checkpoint {checkpoint_path}: {exc}") from None
         generator.set_state(saved.generator_state)
         losses, start, plan = saved.losses.tolist(), saved.iteration, dict(saved.plan)
         if plan:
@@ -197,7 +200,8 @@ def run_loop(
             except NonFiniteError as exc:
                 save(iteration)
                 where = f"; the last good state is saved in {checkpoint_path}" if checkpoint_path is not None else ""
-                raise NonFiniteError(str(exc).format(iteration=iteration + 1, where=where)) from None
+                message = str(exc).replace("{iteration}", str(iteration + 1)).replace("{where}", where)
+                raise NonFiniteError(message) from None
             if outcome.skipped:
                 skipped += 1
                 if report is not None:

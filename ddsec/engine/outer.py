@@ -32,7 +32,7 @@ from ddsec.engine.checkpoint import DEFAULT_CHECKPOINT_SECONDS
 from ddsec.engine.distributed import all_reduce_mean, broadcast_, iteration_seed, world
 from ddsec.engine.inner import SGD, InnerOptimizer
 from ddsec.engine.learned import LEARNABLES, adam_rates
-from ddsec.engine.loop import Step, Tick, run_loop
+from ddsec.engine.loop import StepOutcome, Tick, run_loop
 from ddsec.engine.metagrad import meta_grads
 from ddsec.engine.objective import Objective
 from ddsec.engine.population import Params
@@ -133,7 +133,7 @@ class MetaGradientAdam:
     batch, take the meta-gradient of the outer loss through the unroll, one Adam step on the images
     and the learned settings (see :func:`distill` for the arguments).
 
-    Its state: ``images`` ``[S, N, C, H, W]``, ``labels``, each learned setting under its key
+    Its state: ``images`` ``[S, N, C, H, W]``, each learned setting under its key
     (``raw_lrs`` …), Adam's moments as ``adam.<group>.<key>``, the dual player's as ``dual.<name>``,
     and ``lr_scale`` (float64 scalar, what back-offs left of the learning rate).
     """
@@ -171,7 +171,7 @@ class MetaGradientAdam:
         current = self.current
         return current if self.constraint is None else current.replaced(images=self.constraint.deliver(current.images))
 
-    def step(self, iteration: int, generator: torch.Generator) -> Step:
+    def step(self, iteration: int, generator: torch.Generator) -> StepOutcome:
         here = world()
         if self.dual is not None:
             if here.is_main:
@@ -206,14 +206,14 @@ class MetaGradientAdam:
                 raise NonFiniteError("the outer loss or its gradient became NaN/inf at iteration {iteration}{where};"
                                      " lower --lr or --distill-lr and start over with --force")
             self.lr_scale *= 0.5
-            return Step(float(loss), skipped=True)
+            return StepOutcome(float(loss), skipped=True)
         self.backoffs_in_a_row = 0
         for tensor, grad in zip(self.trained, [images_grad, *learned_grads]):
             tensor.grad = grad
         self.optimizer.step()
         if self.constraint is not None:
             self.constraint.project_(self.current.images)
-        return Step(float(loss))
+        return StepOutcome(float(loss))
 
     def state_dict(self) -> dict[str, Tensor]:
         current = self.current
@@ -222,7 +222,7 @@ class MetaGradientAdam:
             for key, value in state.items():
                 adam[f"adam.{self.names[index]}.{key}"] = torch.as_tensor(value)
         dual = {} if self.dual is None else {f"dual.{k}": v for k, v in self.dual.state_dict().items()}
-        return {"images": current.images, "labels": current.labels,
+        return {"images": current.images,
                 **{LEARNABLES[name].key: current.learned[name] for name in self.order}, **adam, **dual,
                 "lr_scale": torch.tensor(self.lr_scale, dtype=torch.float64)}
 
@@ -232,7 +232,7 @@ class MetaGradientAdam:
         others = [spec.key for spec in LEARNABLES.values() if spec.name not in self.order]
         if any(key not in state or state[key].shape != tensor.shape for key, tensor in mine.items()) or any(
                 key in state for key in others):
-            raise DDSecError("the checkpoint holds a set of another shape; start over with --force")
+            raise DDSecError("it holds a set of another shape; start over with --force")
         with torch.no_grad():
             for key, tensor in mine.items():
                 tensor.copy_(state[key])

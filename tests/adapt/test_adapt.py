@@ -64,7 +64,7 @@ def test_usps_to_mnist_adaptation_improves_target_accuracy(usps_zoo, data_root):
     assert job.train.name == "mnist" and job.train.image_shape == (1, 28, 28)
     from ddsec.adapt import adapt_meta
 
-    outcome = run_distill(job, meta=adapt_meta(cfg))
+    outcome = run_distill(job, meta=adapt_meta(cfg, job))
     s = outcome.evaluation.summary()
     assert s["models"] == 2 and s["acc_mean"] > s["acc_before_mean"] + 0.05, s
     meta = outcome.distilled.meta

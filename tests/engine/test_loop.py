@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ddsec.engine import Step, load_checkpoint, run_loop
+from ddsec.engine import StepOutcome, load_checkpoint, run_loop
 from ddsec.engine.checkpoint import save_checkpoint
 from ddsec.errors import DDSecError, FormatError, NonFiniteError
 
@@ -19,14 +19,14 @@ class RandomWalk:
         self.position = torch.zeros(3, dtype=torch.float64)
         self.interrupt_at, self.nan_at = interrupt_at, nan_at
 
-    def step(self, iteration: int, generator: torch.Generator) -> Step:
+    def step(self, iteration: int, generator: torch.Generator) -> StepOutcome:
         move = torch.randn(3, generator=generator, dtype=torch.float64)
         if iteration == self.interrupt_at:
             raise KeyboardInterrupt  # after drawing: a mid-iteration Ctrl-C
         if iteration == self.nan_at:
             raise NonFiniteError("the walk became NaN at iteration {iteration}{where}; start over with --force")
         self.position = self.position + move
-        return Step(float(self.position.sum()))
+        return StepOutcome(float(self.position.sum()))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"position": self.position}
