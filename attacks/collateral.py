@@ -199,6 +199,10 @@ class CollateralBudget:
                       "best_collateral_bound": scalar(math.nan), "best_iteration": scalar(0, torch.int64)}
         self.state |= {f"best.{name}": tensor.detach().clone() for name, tensor in _learned(start).items()}
 
+    def within(self, measured: Measurement) -> bool:
+        """Whether ``measured`` holds the budget: its collateral's 95 % upper bound at most ``budget``."""
+        return measured.collateral_bound <= self.budget
+
     @property
     def lam(self) -> float:
         """The current multiplier ``λ`` on the other classes' loss."""
@@ -222,7 +226,7 @@ class CollateralBudget:
         violation = min(1.0, max(-1.0, (measured.collateral_bound - self.budget) / self.budget))
         low, high = (math.log(bound) for bound in LAMBDA_RANGE)
         log_lambda = min(high, max(low, float(self.state["log_lambda"]) + DUAL_STEP * violation))
-        if measured.collateral_bound <= self.budget and measured.asr > float(self.state["best_asr"]):
+        if self.within(measured) and measured.asr > float(self.state["best_asr"]):
             for name, tensor in _learned(synthetic).items():
                 self.state[f"best.{name}"].copy_(tensor.detach())
             self.state["best_asr"].fill_(measured.asr)
@@ -250,7 +254,7 @@ class CollateralBudget:
         measured within budget, ``final`` included (``final`` when none was)."""
         measured = self.check(final)
         best_asr = float(self.state["best_asr"])
-        if best_asr < 0 or (measured.collateral_bound <= self.budget and measured.asr >= best_asr):
+        if best_asr < 0 or (self.within(measured) and measured.asr >= best_asr):
             return Choice(final, measured, iterations)
         learned = {spec.name: self.state[f"best.{spec.key}"].clone() for spec in LEARNABLES.values()
                    if f"best.{spec.key}" in self.state}

@@ -282,7 +282,7 @@ class PoisonTask:
                     "iteration": chosen.iteration, "train_asr": chosen.measurement.asr,
                     "train_collateral": chosen.measurement.collateral,
                     "train_collateral_bound": chosen.measurement.collateral_bound,
-                    "budget_met": None if self.budget is None else chosen.measurement.collateral_bound <= cfg.max_collateral}
+                    "budget_met": None if self.budget is None else self.budget.within(chosen.measurement)}
         kwargs = dict(attack=cfg.attack, target=cfg.target, n_models=cfg.eval_models, seed=cfg.seed + 1_000_003)
         evaluation = evaluate_attack(base.model, base.heldout, chosen.synthetic, test, **kwargs)
         transfer = None if self.poison.transfer is None else evaluate_attack(
