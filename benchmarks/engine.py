@@ -14,12 +14,17 @@ models (one for (c)) with ``vmap`` and with a Python ``loop`` (only ``loop`` for
 
 ``--only compile``: the compiled back-gradient pass (``compile=True``) on (a), in one process with
 interleaved repeats (every repeat samples one population and runs each variant on it): eager
-and compiled ``hvp`` (vmap), each recomputing ``G_t`` on the way back and keeping it
-(``keep_graphs``), and the reference-style loop (``hvp`` keeping each step's
+and compiled ``hvp`` (``batching="auto"``: the steps vmapped, the outer loss looped on CPU), each
+recomputing ``G_t`` on the way back and keeping it (``keep_graphs``), eager ``hvp`` with
+everything vmapped (the engine before ``auto`` looped the outer loss), and the reference-style loop (``hvp`` keeping each step's
 graph, the models one after another: one HVP per step, as the original code does); seconds per
 outer iteration, their ratios, the largest relative gradient difference from eager, and the
 compile time of the first call, in this process (a fresh, empty inductor cache) and in a second
 process reading the cache the first wrote.
+
+``--only batching``: the forward and backward of a population of 4 models on one shared batch
+(the outer loss's work), vmapped and looped, for LeNet, AlexCifarNet and an MLP at 16 … 1024
+images: the measurement behind ``batching="auto"`` (:func:`ddsec.engine.resolve_batching`).
 
 ``--only precision``: on (a), ``--iters`` draws of the models, the eager ``hvp`` gradients with
 the models vmapped and looped, in float32 and in float64: their largest relative difference per
@@ -37,6 +42,7 @@ of ``--iters`` iterations after one warm-up.
     python benchmarks/engine.py --only memory --iters 1
     python benchmarks/engine.py --only compile --iters 5
     python benchmarks/engine.py --only precision --iters 5
+    python benchmarks/engine.py --only batching --iters 3
 """
 
 from __future__ import annotations
@@ -60,12 +66,15 @@ CASES = {
 VARIANTS = [("hvp", False), ("hvp", True), ("autograd", False)]
 MEMORY_VARIANTS = [("hvp", None), ("hvp", "auto"), ("autograd", None)]  # (mode, theta_every) on (b), one model
 COMPILE_VARIANTS = {  # label: meta_grad keywords, on (a)
-    "eager hvp": dict(batching="vmap"),
-    "compiled hvp": dict(batching="vmap", compile=True),
-    "eager kept": dict(batching="vmap", keep_graphs=True),
-    "compiled kept": dict(batching="vmap", compile=True, keep_graphs=True),
+    "eager hvp": dict(),
+    "compiled hvp": dict(compile=True),
+    "eager kept": dict(keep_graphs=True),
+    "compiled kept": dict(compile=True, keep_graphs=True),
+    "eager all vmap": dict(batching="vmap"),
     "reference": dict(batching="loop", keep_graphs=True),
 }
+BATCHING_MODELS = {"lenet": (1, 28, 28), "alexcifarnet": (3, 32, 32), "mlp": (1, 28, 28)}
+BATCHING_SIZES = (16, 64, 256, 1024)
 
 
 def _rss_kib() -> int:
@@ -228,7 +237,8 @@ def compiled(args: argparse.Namespace) -> None:
     print(f"compiled/eager time {mean['compiled hvp'] / mean['eager hvp']:.2f} (recomputed G_t),"
           f" {mean['compiled kept'] / mean['eager kept']:.2f} (kept); reference/compiled"
           f" {mean['reference'] / mean['compiled hvp']:.2f} (recomputed), {mean['reference'] / mean['compiled kept']:.2f}"
-          f" (kept); reference/eager {mean['reference'] / mean['eager hvp']:.2f}")
+          f" (kept); reference/eager {mean['reference'] / mean['eager hvp']:.2f};"
+          f" all vmap/eager {mean['eager all vmap'] / mean['eager hvp']:.2f}")
     again = subprocess.run(
         [sys.executable, __file__, "--models", str(args.models), "--device", args.device, "--first-compiled-call"],
         check=True, capture_output=True, text=True,
@@ -261,15 +271,49 @@ def precision(args: argparse.Namespace) -> None:
         print(f"draw {draw}: " + " · ".join(cells), flush=True)
 
 
+def batching_table(args: argparse.Namespace) -> None:
+    """``--only batching``: loop against vmap for the forward and backward of a population on one shared batch."""
+    import torch
+    import torch.nn.functional as F
+
+    from ddsec.engine import population_forward, stack_params
+    from ddsec.models_zoo import create_model
+
+    print(f"forward + backward of {args.models} models on one shared batch, best of {args.iters} (ms)")
+    print(f"{'model':<14}{'images':>7}{'vmap':>10}{'loop':>10}{'loop/vmap':>11}")
+    for name, shape in BATCHING_MODELS.items():
+        def make():
+            return create_model(name, num_classes=10, in_chans=shape[0], image_size=shape[1]).to(args.device)
+
+        model = make().eval()
+        params = stack_params([make() for _ in range(args.models)])
+        forwards = {how: population_forward(model, how) for how in ("vmap", "loop")}
+        for images in BATCHING_SIZES:
+            x = torch.randn(images, *shape, device=args.device)
+            y = torch.randint(0, 10, (images,), device=args.device).repeat(args.models)
+            best = {how: math.inf for how in forwards}
+            for _ in range(args.iters):
+                for how, forward in forwards.items():
+                    leaves = {k: v.clone().requires_grad_() for k, v in params.items()}
+                    start = time.perf_counter()
+                    torch.autograd.grad(F.cross_entropy(forward(leaves, x).flatten(0, 1), y), list(leaves.values()))
+                    if args.device.startswith("cuda"):
+                        torch.cuda.synchronize()
+                    best[how] = min(best[how], time.perf_counter() - start)
+            print(f"{name:<14}{images:>7}{best['vmap'] * 1e3:>10.1f}{best['loop'] * 1e3:>10.1f}"
+                  f"{best['loop'] / best['vmap']:>11.2f}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default="ab")
     parser.add_argument("--iters", type=int, default=2)
     parser.add_argument("--models", type=int, default=4)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (peak memory is then GPU memory)")
-    parser.add_argument("--only", choices=["memory", "compile", "precision"],
+    parser.add_argument("--only", choices=["memory", "compile", "precision", "batching"],
                         help="run only this part (memory: the checkpointed hvp on (b); compile: the compiled hvp on (a);"
-                             " precision: loop vs vmap on (a) in float32 and float64)")
+                             " precision: loop vs vmap on (a) in float32 and float64; batching: loop vs vmap on one"
+                             " shared batch)")
     parser.add_argument("--epochs", type=int, help="--only memory: epochs of (b) (default 3: T = 30)")
     parser.add_argument("--worker", nargs=4, metavar=("CASE", "MODE", "KEEP", "BATCHING"), help=argparse.SUPPRESS)
     parser.add_argument("--theta-every", help=argparse.SUPPRESS)
@@ -302,6 +346,9 @@ def main() -> None:
         return
     if args.only == "precision":
         precision(args)
+        return
+    if args.only == "batching":
+        batching_table(args)
         return
     print(f"{'case':<16}{'mode':<14}{'batching':<9}{'s/iter':>9}{'peak MiB':>10}")
     rows = {}

@@ -24,9 +24,9 @@ nothing more than their ``update``. Memory is ``O(T·(|θ| + |s|))`` plus one st
 and each segment's forward is recomputed on the way back (:mod:`ddsec.engine.segments`): memory
 ``O((T/k + k)·(|θ| + |s|))``, ``O(√T·(|θ| + |s|))`` for ``k = ⌈√T⌉``, the same gradients.
 
-With ``compile=True`` the outer loss's gradient and the per-step work (``G_t`` on the forward
-unroll and on the way back, and the VJP of ``G_t`` with ``Ḡ``) run as compiled ``torch.func``
-graphs (:mod:`ddsec.engine.compiled`); the update's adjoint and the step batches stay eager, so
+With ``compile=True`` the outer loss's gradient (when vmapped) and the per-step work (``G_t`` on
+the forward unroll and on the way back, and the VJP of ``G_t`` with ``Ḡ``) run as compiled
+``torch.func`` graphs (:mod:`ddsec.engine.compiled`); the update's adjoint and the step batches stay eager, so
 every optimizer, plan and learned label works compiled, and ``keep_graphs`` then keeps each
 step's ``G_t`` (detached, ``O(T·|θ|)``) instead of its graph. Where the compiled path cannot
 serve (``mode="autograd"``, a population run with a Python loop, a graph that fails to compile)
@@ -35,7 +35,10 @@ the call runs eager and says so once with a :class:`CompileFallback` warning.
 ``autograd``, the reference: plain double-backward through the whole unroll.
 
 Both support populations (a leading model dimension on every parameter tensor): the loss and
-the gradients are then averaged over the models. :func:`meta_grads` returns the gradient
+the gradients are then averaged over the models. With ``batching="auto"`` the inner steps run the
+models together with ``vmap``; the outer loss on a real batch of convolutional models on CPU runs
+them one at a time (compiled or not), which measured faster there
+(:func:`~ddsec.engine.population.resolve_batching`). :func:`meta_grads` returns the gradient
 w.r.t. every raw learned tensor of the set (:mod:`ddsec.engine.learned`): the inner
 hyper-parameters' from the update's adjoint through their parametrisation, and, when the labels
 are learned, theirs from the same ``torch.autograd.grad`` call as the image term (the mixed term
@@ -63,6 +66,8 @@ from ddsec.engine.unroll import Forward, expand_targets, inner_grad, leaves
 
 MODES = ("hvp", "autograd")
 LossFn = Callable[[Tensor, Tensor], Tensor]
+OuterAdjoint = Callable[[tuple[Tensor, ...], CompiledStep | None], tuple[Tensor, tuple[Tensor, ...]]]
+"""``(θ_T, the compiled kernels or None) -> (L, ∂L/∂θ_T)``: the outer loss on the real batch and its gradient."""
 
 
 class CompileFallback(UserWarning):
@@ -225,11 +230,9 @@ def _compiled_mixed(
 
 def _hvp(
     forward: Forward,
+    outer: OuterAdjoint,
     theta0: Params,
     synthetic: SyntheticSet,
-    x_real: Tensor,
-    y_real: Tensor,
-    loss_fn: LossFn,
     keep_graphs: bool,
     every: int | None,
     optimizer: InnerOptimizer,
@@ -266,10 +269,7 @@ def _hvp(
     # ddsec.engine.segments), and the step graphs when keeping them.
     tape = ThetaTape(advance, len(plan), every, keep_graphs)
     theta, state = tape.unroll(_detached(tuple(theta0.values())))
-    if kernels is None:
-        loss, theta_adjoint = _outer_adjoint(forward, names, theta, x_real, y_real, loss_fn)
-    else:
-        loss, theta_adjoint = kernels.outer(tuple(names), theta, x_real, y_real, loss_fn)
+    loss, theta_adjoint = outer(theta, kernels)
     state_adjoint = tuple(torch.zeros_like(v) for v in state)  # L does not read the final state
 
     images_grad = torch.zeros_like(images)
@@ -314,6 +314,7 @@ def _hvp(
 
 def _autograd(
     forward: Forward,
+    outer_forward: Forward,
     theta0: Params,
     synthetic: SyntheticSet,
     x_real: Tensor,
@@ -336,7 +337,7 @@ def _autograd(
                 x, y = step.batch(images[step.slot], tracked.targets(step.slot))
             grads = inner_grad(forward, dict(zip(names, theta)), x, y, create_graph=True)
             theta, state = optimizer.update(theta, state, grads, step.hypers(learned), t)
-        loss = _outer_loss(forward, dict(zip(names, theta)), x_real, y_real, loss_fn)
+        loss = _outer_loss(outer_forward, dict(zip(names, theta)), x_real, y_real, loss_fn)
         images_grad, *raw_grads = torch.autograd.grad(loss, [images, *raw.values()], materialize_grads=True)
     return MetaGradient(loss.detach(), images_grad, dict(zip(raw, raw_grads)))
 
@@ -376,7 +377,8 @@ def meta_grads(
             and recompute each segment's forward on the way back (:mod:`ddsec.engine.segments`):
             memory ``O(√T·|θ|)`` for ``k ≈ √T``, the same gradients. ``None`` (or 1): keep every
             ``θ_t``; ``"auto"``: ``k = ⌈√T⌉``; an int: that ``k``.
-        batching: ``"auto"``, ``"vmap"`` or ``"loop"`` over a population's models.
+        batching: ``"auto"``, ``"vmap"`` or ``"loop"`` over a population's models; ``auto``
+            resolves for the step batches and the real batch separately (see the module docstring).
         loss_fn: outer loss on ``(logits [B', K], targets [B'])`` returning the batch mean.
         optimizer: the inner update rule (:mod:`ddsec.engine.inner`; default SGD with the set's
             learned step sizes and, if learned, momenta). Both modes take any optimizer.
@@ -406,24 +408,32 @@ def meta_grads(
     if population_size(theta0) < 1:
         raise ValueError("the population is empty")
     forward = population_forward(model, batching)
+    outer_batching = resolve_batching(model, batching, x_real)
+    outer_forward = population_forward(model, outer_batching)
     plan = replay(synthetic.steps, synthetic.total_steps) if plan is None else plan
     if mode == "autograd":
         if compile:
             warnings.warn("compile applies to mode='hvp'; mode='autograd' runs eager", CompileFallback, stacklevel=2)
-        return _autograd(forward, theta0, synthetic, x_real, y_real, loss_fn, optimizer, plan)
+        return _autograd(forward, outer_forward, theta0, synthetic, x_real, y_real, loss_fn, optimizer, plan)
     every = segment_length(theta_every, len(plan))
     kernels = _kernels(model, batching) if compile else None
+
+    def outer(theta: tuple[Tensor, ...], compiled: CompiledStep | None) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """The :data:`OuterAdjoint` on the real batch: compiled where the kernels serve it vmapped."""
+        if compiled is not None and outer_batching == "vmap":
+            return compiled.outer(tuple(names), theta, x_real, y_real, loss_fn)
+        return _outer_adjoint(outer_forward, names, theta, x_real, y_real, loss_fn)
+
     if kernels is not None:
         from torch._dynamo.exc import TorchDynamoException  # loaded with torch.compile already
 
         try:
-            return _hvp(forward, theta0, synthetic, x_real, y_real, loss_fn, keep_graphs, every, optimizer, plan,
-                        kernels)
+            return _hvp(forward, outer, theta0, synthetic, keep_graphs, every, optimizer, plan, kernels)
         except TorchDynamoException as exc:
             kernels.failure = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             warnings.warn(f"compile failed for {type(model).__name__} ({kernels.failure}); running eager",
                           CompileFallback, stacklevel=2)
-    return _hvp(forward, theta0, synthetic, x_real, y_real, loss_fn, keep_graphs, every, optimizer, plan)
+    return _hvp(forward, outer, theta0, synthetic, keep_graphs, every, optimizer, plan)
 
 
 def _kernels(model: nn.Module, batching: str) -> CompiledStep | None:

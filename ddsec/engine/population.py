@@ -58,8 +58,17 @@ def is_stacked(model: nn.Module, params: Mapping[str, Tensor]) -> bool:
     raise ValueError(f"parameter {name!r} has shape {shape}; the model expects {tuple(ref.shape)}")
 
 
-def resolve_batching(model: nn.Module, batching: str) -> str:
-    """Pick ``vmap`` or ``loop``; ``auto`` takes vmap unless a module keeps running statistics."""
+LOOP_FROM = 64
+"""Images per model from which ``auto`` runs a convolutional population one model at a time on CPU."""
+
+
+def resolve_batching(model: nn.Module, batching: str, inputs: Tensor | None = None) -> str:
+    """Pick ``vmap`` or ``loop``. ``auto`` takes vmap, except a loop when a module keeps running
+    statistics, or when ``inputs`` (one batch ``[B, C, H, W]`` shared by every model) is a CPU batch
+    of at least :data:`LOOP_FROM` images and the model convolves: vmap makes its convolutions
+    grouped ones, which measured 1.2–1.8× slower on CPU than one call per model for LeNet and
+    AlexCifarNet from 64 images on (``benchmarks/engine.py --only batching``), while on small batches
+    and on GPUs vmap is the faster."""
     if batching not in BATCHING:
         raise ValueError(f"batching must be one of {', '.join(BATCHING)}, got {batching!r}")
     if batching != "auto":
@@ -67,7 +76,9 @@ def resolve_batching(model: nn.Module, batching: str) -> str:
     keeps_stats = any(
         getattr(m, "track_running_stats", False) and m.training for m in model.modules()
     )
-    return "loop" if keeps_stats else "vmap"
+    large_on_cpu = inputs is not None and inputs.device.type == "cpu" and inputs.shape[0] >= LOOP_FROM
+    convolves = any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
+    return "loop" if keeps_stats or (large_on_cpu and convolves) else "vmap"
 
 
 def population_forward(

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from ddsec.engine import SyntheticSet, meta_grad, stack_params
+from ddsec.engine import SyntheticSet, meta_grad, resolve_batching, stack_params
+from ddsec.engine.population import LOOP_FROM
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -72,6 +73,27 @@ def test_vmap_equals_loop(make_cnn, tiny_synthetic, real_batch):
     by_vmap = meta_grad(model, population, tiny_synthetic, x, y, batching="vmap")
     by_loop = meta_grad(model, population, tiny_synthetic, x, y, batching="loop")
     for a, b in zip(by_vmap, by_loop):
+        assert rel_err(a, b) < 1e-12
+
+
+
+def test_auto_loops_the_outer_loss_only_on_a_large_cpu_batch_of_a_convolutional_model(make_cnn, tiny_synthetic):
+    model = make_cnn()
+    large, small = torch.zeros(LOOP_FROM, 1, 6, 6), torch.zeros(LOOP_FROM - 1, 1, 6, 6)
+    assert resolve_batching(model, "auto", large) == "loop"
+    assert resolve_batching(model, "auto", small) == "vmap"
+    assert resolve_batching(model, "auto") == "vmap"  # the step batches
+    assert resolve_batching(model, "vmap", large) == "vmap"  # an explicit choice stands
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(36, 3))
+    assert resolve_batching(mlp, "auto", large) == "vmap"
+
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(LOOP_FROM, 1, 6, 6, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 3, (LOOP_FROM,), generator=gen)
+    population = stack_params([make_cnn(seed=s) for s in range(3)])
+    by_auto = meta_grad(model, population, tiny_synthetic, x, y)
+    by_vmap = meta_grad(model, population, tiny_synthetic, x, y, batching="vmap")
+    for a, b in zip(by_auto, by_vmap):
         assert rel_err(a, b) < 1e-12
 
 
