@@ -16,8 +16,9 @@ models (one for (c)) with ``vmap`` and with a Python ``loop`` (only ``loop`` for
 interleaved repeats (every repeat samples one population and runs each variant on it): eager
 and compiled ``hvp`` (``batching="auto"``: the steps vmapped, the outer loss looped on CPU), each
 recomputing ``G_t`` on the way back and keeping it (``keep_graphs``), eager ``hvp`` with
-everything vmapped (the engine before ``auto`` looped the outer loss), and the reference-style loop (``hvp`` keeping each step's
-graph, the models one after another: one HVP per step, as the original code does); seconds per
+everything vmapped (the engine before ``auto`` looped the outer loss), and the reference-style
+loop (``hvp`` keeping each step's graph, the models one after another: one HVP per step, as the
+original code does); seconds per
 outer iteration, their ratios, the largest relative gradient difference from eager, and the
 compile time of the first call, in this process (a fresh, empty inductor cache) and in a second
 process reading the cache the first wrote.

@@ -66,7 +66,7 @@ def resolve_batching(model: nn.Module, batching: str, inputs: Tensor | None = No
     """Pick ``vmap`` or ``loop``. ``auto`` takes vmap, except a loop when a module keeps running
     statistics, or when ``inputs`` (one batch ``[B, C, H, W]`` shared by every model) is a CPU batch
     of at least :data:`LOOP_FROM` images and the model convolves: vmap makes its convolutions
-    grouped ones, which measured 1.2–1.8× slower on CPU than one call per model for LeNet and
+    grouped ones, which measured 1.15–1.75× slower on CPU than one call per model for LeNet and
     AlexCifarNet from 64 images on (``benchmarks/engine.py --only batching``), while on small batches
     and on GPUs vmap is the faster."""
     if batching not in BATCHING:
