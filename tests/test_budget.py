@@ -172,8 +172,8 @@ def test_recipes_fill_what_was_not_given_and_say_so():
     from ddsec.cli.options import with_recipe
 
     settings, notes = with_recipe("poison", "mnist", dict(iterations=None, budget=None, decay_fraction=None), 200)
-    assert settings == {"iterations": None, "budget": "5m"}
-    assert len(notes) == 1 and notes[0].startswith("recipe for mnist: budget=5m (RESULTS")
+    assert settings == {"iterations": None, "budget": "10m"}
+    assert len(notes) == 1 and notes[0].startswith("recipe for mnist: budget=10m (RESULTS")
     given = dict(iterations=None, budget="90s", lr=None, momentum=0.0, keep_graphs=None, decay_fraction=None,
                  lr_step_sizes=None, lr_momenta=None)
     settings, notes = with_recipe("distill", "mnist", given, 40)
