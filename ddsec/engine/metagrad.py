@@ -26,10 +26,10 @@ and each segment's forward is recomputed on the way back (:mod:`ddsec.engine.seg
 
 With ``compile=True`` the outer loss's gradient (when vmapped) and the per-step work (``G_t`` on
 the forward unroll and on the way back, and the VJP of ``G_t`` with ``Ḡ``) run as compiled
-``torch.func`` graphs (:mod:`ddsec.engine.compiled`); the update's adjoint and the step batches stay eager, so
-every optimizer, plan and learned label works compiled, and ``keep_graphs`` then keeps each
-step's ``G_t`` (detached, ``O(T·|θ|)``) instead of its graph. Where the compiled path cannot
-serve (``mode="autograd"``, a population run with a Python loop, a graph that fails to compile)
+``torch.func`` graphs (:mod:`ddsec.engine.compiled`); the update's adjoint and the step batches
+stay eager, so every optimizer, plan and learned label works compiled, and ``keep_graphs`` then
+keeps each step's ``G_t`` (detached, ``O(T·|θ|)``) instead of its graph. Where the compiled path
+cannot serve (``mode="autograd"``, a population run with a Python loop, a graph that fails to compile)
 the call runs eager and says so once with a :class:`CompileFallback` warning.
 
 ``autograd``, the reference: plain double-backward through the whole unroll.

@@ -77,8 +77,8 @@ def resolve_batching(model: nn.Module, batching: str, inputs: Tensor | None = No
         getattr(m, "track_running_stats", False) and m.training for m in model.modules()
     )
     large_on_cpu = inputs is not None and inputs.device.type == "cpu" and inputs.shape[0] >= LOOP_FROM
-    convolves = any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
-    return "loop" if keeps_stats or (large_on_cpu and convolves) else "vmap"
+    convolves = large_on_cpu and any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
+    return "loop" if keeps_stats or convolves else "vmap"
 
 
 def population_forward(

@@ -76,7 +76,6 @@ def test_vmap_equals_loop(make_cnn, tiny_synthetic, real_batch):
         assert rel_err(a, b) < 1e-12
 
 
-
 def test_auto_loops_the_outer_loss_only_on_a_large_cpu_batch_of_a_convolutional_model(make_cnn, tiny_synthetic):
     model = make_cnn()
     large, small = torch.zeros(LOOP_FROM, 1, 6, 6), torch.zeros(LOOP_FROM - 1, 1, 6, 6)
