@@ -9,7 +9,8 @@ training images, 1,000 other training images, the test split). The check row on 
 is what the collateral budget held; the 50 held-out models on the test split is what `ddsec
 poison` reports. Then, as controls that nothing selected on the check: the same batch at half and
 twice its step sizes, and two label-flip batches (10 random class-K training images labelled T,
-one step of 0.003), on the check's models and the held-out ones, on the test split.
+one step of 0.003), on the check's models, the held-out ones and 16 other training-population
+models (crafting models: a fair comparison for the label flips only), on the test split.
 """
 
 from __future__ import annotations
@@ -40,8 +41,11 @@ def drop(model: nn.Module, init: InitDistribution, batch: SyntheticSet, data: Im
     return 100 * (result["acc_other_before"] - result["acc_other_after"]), 100 * result["asr_mean"]
 
 
-def controls(base: DistillJob, cfg: PoisonConfig, batch: SyntheticSet, check_init: InitDistribution) -> None:
-    """The check's models against the held-out ones on batches no check selected."""
+def controls(base: DistillJob, cfg: PoisonConfig, batch: SyntheticSet, check_init: InitDistribution,
+             others: InitDistribution) -> None:
+    """The check's models against the held-out ones and ``others`` (training-population models the
+    check never used; crafting models, so a fair comparison for the label flips only) on batches no
+    check selected."""
     shape = (1, 10, *base.train.image_shape)
     unselected = {f"the batch, step × {scale}": SyntheticSet.from_lrs(batch.images, batch.labels,
                                                                       batch.lrs() * scale, batch.epochs)
@@ -50,9 +54,10 @@ def controls(base: DistillJob, cfg: PoisonConfig, batch: SyntheticSet, check_ini
         images = flip_images("flip-random", base.train, cfg.attack, 10, seed=seed).view(shape)
         unselected[f"label-flip, seed {seed}"] = SyntheticSet.from_lrs(
             images, torch.full(shape[:2], cfg.target), torch.tensor([FLIP_STEP]), 1)
-    print("\n| control (test split) | the check's models | held-out models |\n|---|---|---|")
+    print("\n| control (test split) | the check's models | held-out models | other training-population models |"
+          "\n|---|---|---|---|")
     for name, control in unselected.items():
-        cells = [drop(base.model, init, control, base.test, cfg) for init in (check_init, base.heldout)]
+        cells = [drop(base.model, init, control, base.test, cfg) for init in (check_init, base.heldout, others)]
         print(f"| {name} | " + " | ".join(f"{c:.2f} / {a:.1f} %" for c, a in cells) + " |")
 
 
@@ -76,7 +81,8 @@ def main(paths: list[str]) -> None:
         for name, init in models.items():
             cells = [drop(base.model, init, batch, data, cfg) for data in images.values()]
             print(f"| {name} | " + " | ".join(f"{c:.2f} / {a:.1f} %" for c, a in cells) + " |")
-        controls(base, cfg, batch, check_init)
+        controls(base, cfg, batch, check_init,
+                 PopulationInit(select(craft_init.population, torch.arange(CHECK_MODELS, 2 * CHECK_MODELS))))
 
 
 if __name__ == "__main__":
