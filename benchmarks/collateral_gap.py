@@ -33,6 +33,16 @@ FLIP_STEP = 0.003
 """The label-flip controls' step size: about one point of collateral on MNIST LeNets."""
 
 
+def models_of(init: PopulationInit, start: int, count: int) -> PopulationInit:
+    """Models ``start … start + count − 1`` of ``init`` (fewer where the population is smaller)."""
+    return PopulationInit(select(init.population, torch.arange(start, min(start + count, init.size))))
+
+
+def print_row(name: str, cells: list[tuple[float, float]]) -> None:
+    """One markdown row of ``(collateral, attack success)`` cells."""
+    print(f"| {name} | " + " | ".join(f"{c:.2f} / {a:.1f} %" for c, a in cells) + " |")
+
+
 def drop(model: nn.Module, init: InitDistribution, batch: SyntheticSet, data: ImageDataset,
          cfg: PoisonConfig) -> tuple[float, float]:
     """(collateral in points, attack success in %) of ``batch`` on every model of ``init``."""
@@ -58,7 +68,7 @@ def controls(base: DistillJob, cfg: PoisonConfig, batch: SyntheticSet, check_ini
           "\n|---|---|---|---|")
     for name, control in unselected.items():
         cells = [drop(base.model, init, control, base.test, cfg) for init in (check_init, base.heldout, others)]
-        print(f"| {name} | " + " | ".join(f"{c:.2f} / {a:.1f} %" for c, a in cells) + " |")
+        print_row(name, cells)
 
 
 def main(paths: list[str]) -> None:
@@ -67,22 +77,19 @@ def main(paths: list[str]) -> None:
         base, cfg = job.base, job.cfg
         batch = SyntheticSet.from_lrs(dset.images, dset.labels, dset.lrs, dset.meta.epochs)
         craft_init, craft_images, check_init, check_images = hold_out(base.init, base.train, seed=cfg.seed + 11)
-        others = craft_images.subset(torch.randperm(len(craft_images), generator=torch.Generator().manual_seed(5))
-                                     [:len(check_images)])
-        sixteen = torch.arange(CHECK_MODELS)
-        models = {f"the check's ({check_init.size})": check_init,
-                  f"crafting (first {CHECK_MODELS})": PopulationInit(select(craft_init.population, sixteen)),
-                  f"held-out (first {CHECK_MODELS})": PopulationInit(select(base.heldout.population, sixteen)),
-                  f"held-out (all {base.heldout.size})": base.heldout}
-        images = {"check images": check_images, "other training images": others, "test split": base.test}
+        other_images = craft_images.subset(
+            torch.randperm(len(craft_images), generator=torch.Generator().manual_seed(5))[:len(check_images)])
+        crafting, held = models_of(craft_init, 0, CHECK_MODELS), models_of(base.heldout, 0, CHECK_MODELS)
+        models = {f"the check's ({check_init.size})": check_init, f"crafting (first {crafting.size})": crafting,
+                  f"held-out (first {held.size})": held, f"held-out (all {base.heldout.size})": base.heldout}
+        images = {"check images": check_images, "other training images": other_images, "test split": base.test}
         print(f"\n{path}: {cfg.attack} → {cfg.target}; the check recorded at crafting: "
               f"{100 * dset.meta.config['crafting']['train_collateral']:.2f} points\n")
         print("| models | " + " | ".join(images) + " |\n" + "|---" * (len(images) + 1) + "|")
         for name, init in models.items():
             cells = [drop(base.model, init, batch, data, cfg) for data in images.values()]
-            print(f"| {name} | " + " | ".join(f"{c:.2f} / {a:.1f} %" for c, a in cells) + " |")
-        controls(base, cfg, batch, check_init,
-                 PopulationInit(select(craft_init.population, torch.arange(CHECK_MODELS, 2 * CHECK_MODELS))))
+            print_row(name, cells)
+        controls(base, cfg, batch, check_init, models_of(craft_init, CHECK_MODELS, CHECK_MODELS))
 
 
 if __name__ == "__main__":
