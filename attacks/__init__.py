@@ -17,10 +17,11 @@ from ddsec.attacks.metrics import AttackMetrics, AttackResult, attack_metrics, e
 from ddsec.attacks.poison import PoisonConfig, PoisonJob, PoisonOutcome, prepare_from_file, prepare_poison, run_poison
 from ddsec.attacks.stress import StressCell, stress_matrix, train_victims
 from ddsec.attacks.sweep import SweepResult, parse_pairs, prepare_sweep, run_sweep
-from ddsec.attacks.victims import STANDARD_VICTIMS, Victim, parse_victim, victim_spec
+from ddsec.attacks.victims import PAPER_VICTIM, STANDARD_VICTIMS, Victim, parse_victim, victim_spec
 
 __all__ = [
     "FLIP_KINDS",
+    "PAPER_VICTIM",
     "STANDARD_VICTIMS",
     "AttackMetrics",
     "AttackResult",

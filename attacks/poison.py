@@ -31,7 +31,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ddsec.attacks.collateral import Choice, CollateralBudget, TrainingCheck, hold_out
+from ddsec.attacks.collateral import CHECK_EVERY, Choice, CollateralBudget, TrainingCheck, hold_out
 from ddsec.attacks.metrics import AttackResult, evaluate_attack, relabel, weighted_relabel
 from ddsec.attacks.victims import parse_victim
 from ddsec.data import ImageDataset
@@ -87,6 +87,7 @@ class PoisonConfig(DistillConfig):
     target: int = 8
     attack_weight: float = 1.0
     max_collateral: float | None = 0.03  # None: the paper's fixed objective, weighted by attack_weight
+    check_every: int = CHECK_EVERY
     pixels: str = "valid"
     quantize: str = "none"
     epsilon: float | None = None
@@ -109,6 +110,8 @@ class PoisonConfig(DistillConfig):
         if self.max_collateral is not None and not 0 < self.max_collateral < 1:
             raise DDSecError(f"--max-collateral must be a fraction in (0, 1) such as 0.03 (3 points), or none;"
                              f" got {self.max_collateral}")
+        if self.check_every < 1:
+            raise DDSecError(f"--check-every must be at least 1 (outer iterations), got {self.check_every}")
         if self.max_collateral is not None and self.attack_weight != 1:
             raise DDSecError("--attack-weight sets the paper's fixed objective and --max-collateral a budget the attack"
                              " meets by itself: pass only one")
@@ -257,7 +260,7 @@ class PoisonTask:
         self.start_set = start
         self.budget = None if cfg.max_collateral is None else CollateralBudget(
             self.check, cfg.max_collateral, start, num_classes=train.num_classes, attack=cfg.attack,
-            target=cfg.target)
+            target=cfg.target, every=cfg.check_every)
         objective = ClassificationObjective(
             base.model, self.craft_init,
             RealBatches(self.craft_images.images, self.craft_images.labels, cfg.batch_size, base.device),

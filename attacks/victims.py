@@ -171,8 +171,10 @@ def victim_spec(victim: Victim) -> dict:
     return {f.name: getattr(victim, f.name) for f in fields(victim)}
 
 
-STANDARD_VICTIMS = tuple(parse_victim(spec) for spec in (
-    "sgd name=paper",
+PAPER_VICTIM = Victim("paper")
+"""The victim of Wang et al., §3.4: one plain SGD step on the batch alone, with its learned step size."""
+
+STANDARD_VICTIMS = (PAPER_VICTIM, *(parse_victim(spec) for spec in (
     "sgd lr=x0.5 name=step-size-x0.5",
     "sgd lr=x2 name=step-size-x2",
     "sgd lr=0.01 steps=10 name=own-lr-0.01-x10-steps",
@@ -183,5 +185,5 @@ STANDARD_VICTIMS = tuple(parse_victim(spec) for spec in (
     "sgd wd=5e-4 name=weight-decay-5e-4",
     "sgd augment=2 name=random-shift-2px",
     "sgd after=10 name=then-10-clean-steps",
-))
+)))
 """The paper's victim, then one change at a time (names say which)."""

@@ -3,13 +3,13 @@
     DDSEC_DATA=../shared/data python benchmarks/collateral_gap.py long4/mnist-4-9.safetensors …
 
 For each batch, one markdown table: the drop of accuracy on the other classes (points) and the
-attack success (%) after the batch's own victim, for four sets of models (the check's 16, 16 of
-the crafting models, 16 and all 50 held-out ones) on three sets of images (the check's 1,000
-training images, 1,000 other training images, the test split). The check row on the check images
+attack success (%) after the batch's own victim, for four sets of models (the check's M, 48 of
+MNIST's 200; M of the crafting models; M and all 50 held-out ones) on three sets of images (the
+check's 1,000 training images, 1,000 other training images, the test split). The check row on the check images
 is what the collateral budget held; the 50 held-out models on the test split is what `ddsec
 poison` reports. Then, as controls that nothing selected on the check: the same batch at half and
 twice its step sizes, and two label-flip batches (10 random class-K training images labelled T,
-one step of 0.003), on the check's models, the held-out ones and 16 other training-population
+one step of 0.003), on the check's models, the held-out ones and M other training-population
 models (crafting models: a fair comparison for the label flips only), on the test split.
 """
 
@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ddsec.attacks.baselines import flip_images
-from ddsec.attacks.collateral import CHECK_MODELS, hold_out
+from ddsec.attacks.collateral import hold_out
 from ddsec.attacks.metrics import evaluate_attack
 from ddsec.attacks.poison import PoisonConfig, prepare_from_file
 from ddsec.data import ImageDataset
@@ -79,7 +79,8 @@ def main(paths: list[str]) -> None:
         craft_init, craft_images, check_init, check_images = hold_out(base.init, base.train, seed=cfg.seed + 11)
         other_images = craft_images.subset(
             torch.randperm(len(craft_images), generator=torch.Generator().manual_seed(5))[:len(check_images)])
-        crafting, held = models_of(craft_init, 0, CHECK_MODELS), models_of(base.heldout, 0, CHECK_MODELS)
+        count = check_init.size
+        crafting, held = models_of(craft_init, 0, count), models_of(base.heldout, 0, count)
         models = {f"the check's ({check_init.size})": check_init, f"crafting (first {crafting.size})": crafting,
                   f"held-out (first {held.size})": held, f"held-out (all {base.heldout.size})": base.heldout}
         images = {"check images": check_images, "other training images": other_images, "test split": base.test}
@@ -89,7 +90,7 @@ def main(paths: list[str]) -> None:
         for name, init in models.items():
             cells = [drop(base.model, init, batch, data, cfg) for data in images.values()]
             print_row(name, cells)
-        controls(base, cfg, batch, check_init, models_of(craft_init, CHECK_MODELS, CHECK_MODELS))
+        controls(base, cfg, batch, check_init, models_of(craft_init, count, count))
 
 
 if __name__ == "__main__":

@@ -171,15 +171,18 @@ def test_condense_cli_plans_its_budget_into_the_metadata(tmp_path):
 def test_recipes_fill_what_was_not_given_and_say_so():
     from ddsec.cli.options import with_recipe
 
-    settings, notes = with_recipe("poison", "mnist", dict(iterations=None, budget=None, decay_fraction=None), 200)
-    assert settings == {"iterations": None, "budget": "10m"}
-    assert len(notes) == 1 and notes[0].startswith("recipe for mnist: budget=10m (RESULTS")
+    poison = dict(iterations=None, budget=None, decay_fraction=None, check_every=None)
+    settings, notes = with_recipe("poison", "mnist", poison, 200)
+    assert settings == {"iterations": None, "budget": "10m", "check_every": 40}
+    assert len(notes) == 1 and notes[0].startswith("recipe for mnist: budget=10m, check_every=40 (RESULTS")
+    settings, notes = with_recipe("poison", "mnist", poison | {"check_every": 10}, 200)
+    assert settings["check_every"] == 10 and "check_every" not in notes[0]
     given = dict(iterations=None, budget="90s", lr=None, momentum=0.0, keep_graphs=None, decay_fraction=None,
                  lr_step_sizes=None, lr_momenta=None)
     settings, notes = with_recipe("distill", "mnist", given, 40)
     assert settings["budget"] == "90s" and settings["momentum"] == 0.0 and settings["lr"] == 0.05
     assert "budget=" not in notes[0] and "momentum=" not in notes[0]
-    settings, notes = with_recipe("poison", "digits", dict(iterations=None, budget=None, decay_fraction=None), 200)
+    settings, notes = with_recipe("poison", "digits", poison, 200)
     assert settings == {"iterations": 200, "budget": None} and notes == []
     settings, notes = with_recipe("adapt", "mnist:usps", dict(iterations=None, budget=None, decay_fraction=None), 40)
     assert settings == {"iterations": None, "budget": "10m", "decay_fraction": 0.5}

@@ -50,6 +50,7 @@ def poison(
     zoo: Optional[str] = O.ZOO,
     n_models: int = typer.Option(P.n_models, help="Pretrained models drawn per outer iteration."),
     iterations: Optional[int] = typer.Option(None, help=f"Outer iterations (default: the dataset's recipe, else {P.iterations}; or what --budget allows)."),
+    check_every: Optional[int] = typer.Option(None, help=f"Outer iterations between two measurements of the collateral budget's check (default: the dataset's recipe, else {P.check_every})."),
     budget: Optional[str] = O.BUDGET,
     decay_fraction: Optional[float] = O.DECAY_FRACTION,
     batch_size: int = typer.Option(P.batch_size, help="Real images (labels K→T) per outer iteration."),
@@ -104,7 +105,8 @@ def poison(
     attack, target = P.attack if attack is None else attack, P.target if target is None else target
     max_collateral, attack_weight = _objective(max_collateral, attack_weight)
     settings, notes = O.with_recipe("poison", dataset, dict(iterations=iterations, budget=budget,
-                                                            decay_fraction=decay_fraction), P.iterations)
+                                                            decay_fraction=decay_fraction, check_every=check_every),
+                                    P.iterations)
     iterations = settings["iterations"]
     cfg = P(
         **settings,

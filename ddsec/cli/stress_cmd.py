@@ -41,7 +41,7 @@ def stress(
     quiet: bool = O.QUIET,
 ) -> None:
     """Replay a poisoning batch under many victims: attack success, other classes and clean accuracy per victim."""
-    from ddsec.attacks import FLIP_KINDS, STANDARD_VICTIMS, parse_victim, prepare_from_file, stress_matrix, victim_spec
+    from ddsec.attacks import FLIP_KINDS, PAPER_VICTIM, STANDARD_VICTIMS, parse_victim, prepare_from_file, stress_matrix, victim_spec
     from ddsec.attacks.poison import other_population
     from ddsec.attacks.baselines import select_flip_batch
     from ddsec.engine import SyntheticSet
@@ -77,7 +77,7 @@ def stress(
                               target=cfg.target, n_models=models, baselines=flips, seed=seed,
                               on_victim=lambda done, total, name: update(done, name))
         for index, (name, (model, heldout, path)) in enumerate(zip(population, others)):  # other models
-            victim = replace(STANDARD_VICTIMS[0], name=f"paper on {name}")
+            victim = replace(PAPER_VICTIM, name=f"paper on {name}")
             cells += stress_matrix(model, heldout, poison, [victim], base.train, base.test, attack=cfg.attack,
                                    target=cfg.target, n_models=heldout_count(models, heldout, flag="")[0],
                                    baselines=flips, seed=seed)

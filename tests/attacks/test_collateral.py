@@ -54,6 +54,11 @@ def test_lambda_moves_by_the_relative_violation_once_per_check_and_stays_in_rang
     budget.state["log_lambda"].fill_(math.log(LAMBDA_RANGE[1]) - 0.1)
     budget.update(3 * CHECK_EVERY, tiny_set(3.0))  # 30 × the budget: one clipped step, then the upper bound
     assert budget.lam == pytest.approx(LAMBDA_RANGE[1])
+    sparse = CollateralBudget(Scripted((0.5, 0.0)), 0.03, tiny_set(0.0), num_classes=2, attack=0, target=1, every=40)
+    sparse.update(20, tiny_set(1.0))               # --check-every 40: not at 20
+    assert sparse.lam == 1.0 and sparse.period == 40
+    sparse.update(40, tiny_set(1.0))
+    assert sparse.lam == pytest.approx(math.exp(-DUAL_STEP))
 
 
 def test_the_kept_iterate_is_the_strongest_within_budget_and_survives_a_state_round_trip():
@@ -97,6 +102,8 @@ def test_a_budget_and_an_attack_weight_exclude_each_other(zoo):
         config(zoo, attack_weight=3)
     with pytest.raises(DDSecError, match=r"--max-collateral must be a fraction in \(0, 1\)"):
         config(zoo, max_collateral=1.5)
+    with pytest.raises(DDSecError, match="--check-every must be at least 1"):
+        config(zoo, check_every=0)
     assert config(zoo, max_collateral=None, attack_weight=3).fingerprint()["max_collateral"] is None
 
 
@@ -150,10 +157,14 @@ def test_the_check_holds_its_models_and_images_out_of_crafting():
     assert not any(tuple(x.flatten().tolist()) in pixels for x in craft.images[:200])
     fixed = FixedInit({"w": torch.zeros(1)})
     assert hold_out(fixed, train, seed=3)[0] is fixed  # a fixed init is shared
+    for size, held in ((200, 48), (100, 25), (40, 16), (32, 32)):  # a quarter, 16 to 48; 32 is shared
+        craft_init, _, check_init, _ = hold_out(PopulationInit({"w": torch.arange(size * 1.0).view(size, 1)}),
+                                                train, seed=3)
+        assert (craft_init.size, check_init.size) == ((size - held, held) if held < size else (size, size))
 
 
 def test_a_victim_aware_check_measures_under_the_victims_it_is_given(zoo):
-    from ddsec.attacks import TrainingCheck
+    from ddsec.attacks import TrainingCheck, evaluate_attack
     from ddsec.attacks.baselines import flip_images
     from ddsec.attacks.victims import parse_victim
 
@@ -165,8 +176,11 @@ def test_a_victim_aware_check_measures_under_the_victims_it_is_given(zoo):
         return TrainingCheck(base.model, base.init, base.train, attack=3, target=8, seed=0, models=4, images=400,
                              victims=tuple(parse_victim(v) for v in victims), clean=base.train)(flip)
 
-    plain, paper, diluted = check(), check("sgd"), check("sgd mix=128")
-    assert paper.asr == pytest.approx(plain.asr, abs=1e-6) and paper.collateral == pytest.approx(plain.collateral, abs=1e-6)
+    plain, diluted = check(), check("sgd mix=128")
+    data = base.train.subset(torch.randperm(len(base.train), generator=torch.Generator().manual_seed(0))[:400])
+    paper = evaluate_attack(base.model, base.init, flip, data, attack=3, target=8, n_models=4, seed=0)
+    assert plain.asr == pytest.approx(float(paper.after.asr.mean()), abs=1e-6)  # the paper's victim by default
+    assert plain.collateral == pytest.approx(float((paper.before.acc_other - paper.after.acc_other).mean()), abs=1e-6)
     assert plain.asr > 0.3 and diluted.asr < plain.asr / 2, (plain, diluted)  # dilution weakens the batch
     both = check("sgd mix=128", "sgd")  # per model, the mean over the victims (the same clean draws)
-    assert both.asr == pytest.approx((paper.asr + diluted.asr) / 2, abs=1e-6)
+    assert both.asr == pytest.approx((plain.asr + diluted.asr) / 2, abs=1e-6)
