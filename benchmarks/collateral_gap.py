@@ -5,9 +5,9 @@
 For each batch, one markdown table: the drop of accuracy on the other classes (points) and the
 attack success (%) after the batch's own victim, for four sets of models (the check's M, 48 of
 MNIST's 200; M of the crafting models; M and all 50 held-out ones) on three sets of images (the
-check's 1,000 training images, 1,000 other training images, the test split). The check row on the check images
-is what the collateral budget held; the 50 held-out models on the test split is what `ddsec
-poison` reports. Then, as controls that nothing selected on the check: the same batch at half and
+check's 1,000 training images, 1,000 other training images, the test split). The check row on
+the check images is what the collateral budget held; the 50 held-out models on the test split is
+what `ddsec poison` reports. Then, as controls that nothing selected on the check: the same batch at half and
 twice its step sizes, and two label-flip batches (10 random class-K training images labelled T,
 one step of 0.003), on the check's models, the held-out ones and M other training-population
 models (crafting models: a fair comparison for the label flips only), on the test split.
@@ -81,7 +81,7 @@ def main(paths: list[str]) -> None:
             torch.randperm(len(craft_images), generator=torch.Generator().manual_seed(5))[:len(check_images)])
         count = check_init.size
         crafting, held = models_of(craft_init, 0, count), models_of(base.heldout, 0, count)
-        models = {f"the check's ({check_init.size})": check_init, f"crafting (first {crafting.size})": crafting,
+        models = {f"the check's ({count})": check_init, f"crafting (first {crafting.size})": crafting,
                   f"held-out (first {held.size})": held, f"held-out (all {base.heldout.size})": base.heldout}
         images = {"check images": check_images, "other training images": other_images, "test split": base.test}
         print(f"\n{path}: {cfg.attack} → {cfg.target}; the check recorded at crafting: "
