@@ -14,7 +14,15 @@ victims (the robustness matrix).
 from ddsec.attacks.baselines import FLIP_KINDS, FlipResult, run_flip_baseline
 from ddsec.attacks.collateral import CollateralBudget, Measurement, TrainingCheck
 from ddsec.attacks.metrics import AttackMetrics, AttackResult, attack_metrics, evaluate_attack, relabel
-from ddsec.attacks.poison import PoisonConfig, PoisonJob, PoisonOutcome, prepare_from_file, prepare_poison, run_poison
+from ddsec.attacks.poison import (
+    PoisonConfig,
+    PoisonJob,
+    PoisonOutcome,
+    PoisonTask,
+    prepare_from_file,
+    prepare_poison,
+    run_poison,
+)
 from ddsec.attacks.stress import StressCell, stress_matrix, train_victims
 from ddsec.attacks.sweep import SweepResult, parse_pairs, prepare_sweep, run_sweep
 from ddsec.attacks.victims import PAPER_VICTIM, STANDARD_VICTIMS, Victim, parse_victim, victim_spec
@@ -31,6 +39,7 @@ __all__ = [
     "PoisonConfig",
     "PoisonJob",
     "PoisonOutcome",
+    "PoisonTask",
     "StressCell",
     "SweepResult",
     "TrainingCheck",

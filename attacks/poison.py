@@ -4,8 +4,10 @@ Wang et al., "Dataset Distillation" (arXiv 1811.10959), §3.4 and §4.3: learn `
 (one step of ``classes × ipc`` images by default) and their step sizes such that SGD on them,
 starting from *any* well-trained classifier, makes it predict class ``K`` as ``T`` while leaving
 the other classes alone. The outer objective is cross-entropy on real training batches with
-every label ``K`` replaced by ``T``; the distilled images keep their own class-major labels, as
-in the paper, or (``learn_labels``) learn soft labels alongside the images. By default the
+every label ``K`` replaced by ``T``. The batch's hard labels follow a plan: ``class-major`` (each
+image its own class, as in the paper) or ``flip`` (the default where it applies: the slots of
+``K`` and ``T`` both labelled ``T``, see :func:`flip_slots`); or (``learn_labels``) soft labels are
+learned alongside the images. By default the
 attack is the strongest batch whose collateral (the drop in accuracy on the other classes,
 measured on training-population models) stays within ``max_collateral``: a Lagrange multiplier
 on the other classes' loss, updated by dual ascent while crafting (:mod:`~ddsec.attacks.collateral`).
@@ -36,6 +38,7 @@ from ddsec.attacks.metrics import AttackResult, evaluate_attack, relabel, weight
 from ddsec.attacks.victims import parse_victim
 from ddsec.data import ImageDataset
 from ddsec.data.pixels import PixelConstraint, pixel_report
+from ddsec.data.summaries import class_index
 from ddsec.defences.evasion import EvasionPenalty, parse_evade, reference_set
 from ddsec.distill import (
     DistillConfig,
@@ -64,6 +67,7 @@ from ddsec.models_zoo.zoo import check_fits, entry_name, resolve_pair, resolve_p
 from ddsec.pipeline import Setup, run
 
 POISON_INITS = ("population", "pretrained")
+LABEL_PLANS = ("class-major", "flip")
 PIXELS = ("valid", "free")
 QUANTIZE = ("none", "8bit")
 
@@ -86,6 +90,7 @@ class PoisonConfig(DistillConfig):
     attack: int = 3
     target: int = 8
     attack_weight: float = 1.0
+    labels: str | None = None  # None: flip where it applies (see flip_applies), else class-major
     max_collateral: float | None = 0.03  # None: the paper's fixed objective, weighted by attack_weight
     check_every: int = CHECK_EVERY
     pixels: str = "valid"
@@ -101,6 +106,8 @@ class PoisonConfig(DistillConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.labels is None:
+            object.__setattr__(self, "labels", "flip" if self.flip_applies else "class-major")
         if self.init not in POISON_INITS:
             raise DDSecError(f"--init must be population or pretrained for an attack, got {self.init!r}")
         if self.attack == self.target:
@@ -127,9 +134,20 @@ class PoisonConfig(DistillConfig):
         parse_evade(",".join(self.evade))
         if not self.evade_weight > 0:
             raise DDSecError(f"--evade-weight must be positive, got {self.evade_weight}")
+        if self.labels not in LABEL_PLANS:
+            raise DDSecError(f"--labels must be class-major or flip, got {self.labels!r}")
+        if self.labels == "flip" and not self.flip_applies:
+            raise DDSecError("--labels flip starts slots from real class-K images labelled T: it needs --image-init"
+                             " real, no --learn-labels and no --epsilon (a clean-label batch keeps its classes)")
         if self.epsilon is not None and (self.image_init != "real" or self.learn_labels):
             raise DDSecError("--epsilon perturbs real images of each slot's own class: it needs --image-init real"
                              " and no --learn-labels")
+
+    @property
+    def flip_applies(self) -> bool:
+        """Whether the ``flip`` label plan fits the other settings: hard labels, images started from
+        real ones, and not a clean-label batch (whose images keep their classes)."""
+        return self.image_init == "real" and not self.learn_labels and self.epsilon is None
 
 
 @dataclass
@@ -253,7 +271,11 @@ class PoisonTask:
         self.quick = test.subset(torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:2000])
 
     def start(self) -> SyntheticSet:
-        return initial_synthetic(self.job)
+        start = initial_synthetic(self.job)
+        if self.cfg.labels == "class-major":
+            return start
+        return flip_slots(start, self.job.train, attack=self.cfg.attack, target=self.cfg.target,
+                          generator=torch.Generator().manual_seed(self.cfg.seed + 17))
 
     def setup(self, start: SyntheticSet) -> Setup:
         cfg, base, train = self.cfg, self.job, self.job.train
@@ -354,6 +376,32 @@ def evasion_penalty(cfg: PoisonConfig, model: nn.Module, train: ImageDataset,
     return EvasionPenalty(model, cfg.evade, (images.to(device), labels.to(device)), weight=cfg.evade_weight)
 
 
+def flip_slots(synthetic: SyntheticSet, train: ImageDataset, *, attack: int, target: int,
+               generator: torch.Generator) -> SyntheticSet:
+    """The ``flip`` label plan: the slots of classes ``K`` and ``T`` both labelled ``T``, and started
+    from distinct random real class-``K`` images; every other class keeps its slots.
+
+    In the paper's class-major batch these two slots are the attack's least useful: a ``K`` image
+    labelled ``K`` reinforces the class the attack removes, a ``T`` image labelled ``T`` what the
+    victim already knows. Learned soft labels (``--learn-labels``, on MNIST 0 → 1 and 6 → 7) give
+    them up by themselves: the ``K`` slot's label goes to ``T``, the ``T`` slot's spreads over other
+    classes, and one or two slots of ``K``-like classes lean to ``T``. Here two slots carry hard
+    labels, which a victim's ordinary training takes, and the attack gains as much (RESULTS,
+    class-pair sweep).
+
+    Args:
+        synthetic: a class-major set with hard labels (images ``[S, N, C, H, W]``, labels ``[S, N]``).
+        train: the training split the class-``K`` images come from.
+    """
+    slots = (synthetic.labels == attack) | (synthetic.labels == target)
+    pool = class_index(train, attack, int(slots.sum()))
+    picks = pool[torch.randperm(pool.numel(), generator=generator)[: int(slots.sum())]]
+    images, labels = synthetic.images.detach().clone(), synthetic.labels.clone()
+    images[slots] = train.images[picks].to(images)
+    labels[slots] = target
+    return replace(synthetic, images=images, labels=labels)
+
+
 def pixel_constraint(cfg: PoisonConfig, train: ImageDataset, start: torch.Tensor) -> PixelConstraint | None:
     """The deliverability constraint of ``cfg`` (``None`` for ``pixels="free"``); ``start`` ``[S, N, C, H, W]``
     are the anchors of an ``epsilon`` ball."""
@@ -384,6 +432,8 @@ def prepare_from_file(
     meta = dset.meta
     if "max_collateral" not in meta.config:  # written before collateral budgets: the paper's fixed objective
         meta = replace(meta, config={**meta.config, "max_collateral": None})
+    if "labels" not in meta.config:  # written before label plans: the paper's class-major labels
+        meta = replace(meta, config={**meta.config, "labels": "class-major"})
     cfg = config_from_meta(meta, PoisonConfig, data_dir=data_dir, zoo=zoo, device=device, download=False,
                            heldout_population=heldout_population)
     return dset, prepare_poison(replace(cfg, eval_population=None))

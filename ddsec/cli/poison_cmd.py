@@ -61,7 +61,8 @@ def poison(
     mode: str = O.MODE,
     theta_every: Optional[str] = O.THETA_EVERY,
     compile: str = O.COMPILE,
-    learn_labels: bool = typer.Option(P.learn_labels, help="Also learn soft labels for the images (default: each image keeps its own class, as in the paper)."),
+    labels: Optional[str] = typer.Option(None, help="The batch's hard labels: flip (the slots of K and T both labelled T, started from real class-K images; the default, except with --learn-labels, --epsilon or another --image-init) or class-major (each image its own class, as in the paper)."),
+    learn_labels: bool = typer.Option(P.learn_labels, help="Also learn soft labels for the images (default: hard labels, as --labels says)."),
     pixels: str = typer.Option(P.pixels, help="valid: deliverable images, pixels in [0, 1] (default); free: the paper's unconstrained images."),
     quantize: str = typer.Option(P.quantize, help="8bit: crafting sees 8-bit rounding, and the batch is also written as lossless PNGs; none."),
     epsilon: Optional[str] = typer.Option(None, help="Clean-label: every image stays within this L∞ distance (pixel units, e.g. 8/255) of a real training image of its own class."),
@@ -116,7 +117,7 @@ def poison(
         distill_lr=distill_lr, decay_every=decay_every, mode=mode, theta_every=O.theta_every(theta_every), compile=compile,
         image_init=image_init, seed=seed, device=device,
         eval_models=eval_models, attack=attack, target=target, attack_weight=attack_weight,
-        max_collateral=max_collateral, learn_labels=learn_labels,
+        max_collateral=max_collateral, labels=labels, learn_labels=learn_labels,
         pixels=pixels, quantize=quantize, victims=tuple(victims), evade=parse_evade(evade), evade_weight=evade_weight,
         epsilon=None if epsilon is None else _fraction(epsilon, "--epsilon"),
     )
@@ -242,6 +243,8 @@ def _summary_table(output: Path, cfg: P, job: PoisonJob, outcome: PoisonOutcome,
         ("attack", f"class {cfg.attack} → {cfg.target} on {cfg.dataset}, {cfg.model}"),
         ("batch", f"{outcome.distilled.steps} step(s) × {cfg.epochs} epoch(s) × {outcome.distilled.images_per_step}"
                   f" images, step sizes {' '.join(f'{v:.3g}' for v in outcome.distilled.lrs.tolist())}"),
+        ("labels", "learned (soft)" if cfg.learn_labels else
+                   f"{cfg.labels}: " + " ".join(str(c) for c in outcome.distilled.labels.flatten().tolist())),
         ("training population", str(job.base.cfg.population or cfg.weights)),
         ("objective", _objective_line(outcome.crafting, cfg.attack_weight)),
         ("distillation time", f"{outcome.seconds:.1f} s"),

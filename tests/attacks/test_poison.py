@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 from typer.testing import CliRunner
 
-from ddsec.attacks import PoisonConfig, attack_metrics, prepare_poison, relabel, run_flip_baseline, run_poison
+from ddsec.attacks import (
+    PoisonConfig,
+    PoisonTask,
+    attack_metrics,
+    prepare_from_file,
+    prepare_poison,
+    relabel,
+    run_flip_baseline,
+    run_poison,
+)
 from ddsec.attacks.metrics import weighted_relabel
 from ddsec.cli import app
 from ddsec.errors import DDSecError
-from ddsec.export import load_distilled
+from ddsec.export import load_distilled, save_distilled
 
 runner = CliRunner()
 
@@ -104,6 +114,30 @@ def test_cli_json_and_export(zoo, tmp_path):
     assert dset.labels.shape == (1, 10, 10) and torch.allclose(dset.labels.sum(-1), torch.ones(1, 10))
 
 
+def test_flip_plan_labels_the_k_and_t_slots_t_from_distinct_class_k_images(zoo):
+    flip = PoisonTask(prepare_poison(config(zoo, attack=0, target=1, labels="flip")))
+    plain = PoisonTask(prepare_poison(config(zoo, attack=0, target=1, labels="class-major"))).start()
+    start, train = flip.start(), flip.job.train
+    assert start.labels.tolist() == [[1, 1, 2, 3, 4, 5, 6, 7, 8, 9]]
+    assert plain.labels.tolist() == [list(range(10))]
+    distance = (start.images[0, :2].flatten(1)[:, None] - train.images.flatten(1)[None]).abs().amax(-1)  # [2, N]
+    sources = distance.argmin(1)
+    assert distance.min(1).values.max() == 0 and sources[0] != sources[1]  # two different real images ...
+    assert (train.labels[sources] == 0).all()  # ... of class K
+    assert torch.equal(start.images[0, 2:], plain.images[0, 2:])  # the other classes' slots as in the paper
+
+
+def test_flip_plan_is_exported_with_its_hard_labels_and_older_files_read_as_class_major(zoo, tmp_path):
+    outcome = run_poison(prepare_poison(config(zoo, iterations=4)))  # flip: the default plan
+    dset = outcome.distilled
+    assert dset.labels.tolist() == [[0, 1, 2, 8, 4, 5, 6, 7, 8, 9]] and dset.meta.config["labels"] == "flip"
+    save_distilled(tmp_path / "new.safetensors", dset)
+    assert prepare_from_file(tmp_path / "new.safetensors", zoo=str(zoo))[1].cfg.labels == "flip"
+    older = {k: v for k, v in dset.meta.config.items() if k != "labels"}  # written before label plans
+    save_distilled(tmp_path / "old.safetensors", replace(dset, meta=replace(dset.meta, config=older)))
+    assert prepare_from_file(tmp_path / "old.safetensors", zoo=str(zoo))[1].cfg.labels == "class-major"
+
+
 @pytest.mark.parametrize("args, message", [
     (["--attack", "2", "--target", "2"], "both 2"),
     (["--target", "12"], "out of range"),
@@ -145,7 +179,10 @@ def test_free_pixels_leave_the_valid_range_and_epsilon_keeps_close_to_real_image
     (["--epsilon", "eight"], "--epsilon must be a number such as 0.03 or 8/255"),
     (["--epsilon", "8/255", "--learn-labels"], "needs --image-init real and no --learn-labels"),
     (["--quantize", "4bit"], "--quantize none or 8bit"),
+    (["--labels", "soft"], "--labels must be class-major or flip, got 'soft'"),
+    (["--labels", "flip", "--learn-labels"], "--labels flip starts slots from real class-K images labelled T"),
+    (["--labels", "flip", "--epsilon", "8/255"], "no --epsilon (a clean-label batch keeps its classes)"),
 ])
-def test_pixel_option_errors_are_one_line(zoo, args, message):
+def test_batch_option_errors_are_one_line(zoo, args, message):
     result = runner.invoke(app, ["poison", "--zoo", str(zoo), "--model", "mlp", "--quiet", *args])
     assert result.exit_code == 1 and message in result.stderr and "Traceback" not in result.output
