@@ -385,13 +385,16 @@ def flip_slots(synthetic: SyntheticSet, train: ImageDataset, *, attack: int, tar
     labelled ``K`` reinforces the class the attack removes, a ``T`` image labelled ``T`` what the
     victim already knows. Learned soft labels (``--learn-labels``, on MNIST 0 → 1 and 6 → 7) give
     them up by themselves: the ``K`` slot's label goes to ``T``, the ``T`` slot's spreads over other
-    classes, and one or two slots of ``K``-like classes lean to ``T``. Here two slots carry hard
-    labels, which a victim's ordinary training takes, and the attack gains as much (RESULTS,
-    class-pair sweep).
+    classes, and one or two slots of ``K``-like classes lean to ``T``. Here the two slots carry the
+    hard label ``T``, which a victim's ordinary training takes, and the attack gains as much
+    (RESULTS, class-pair sweep).
 
     Args:
         synthetic: a class-major set with hard labels (images ``[S, N, C, H, W]``, labels ``[S, N]``).
         train: the training split the class-``K`` images come from.
+
+    Returns:
+        ``synthetic`` with those slots' images and labels replaced (the learned tensors shared).
     """
     slots = (synthetic.labels == attack) | (synthetic.labels == target)
     pool = class_index(train, attack, int(slots.sum()))
