@@ -397,8 +397,9 @@ def flip_slots(synthetic: SyntheticSet, train: ImageDataset, *, attack: int, tar
         ``synthetic`` with those slots' images and labels replaced (the learned tensors shared).
     """
     slots = (synthetic.labels == attack) | (synthetic.labels == target)
-    pool = class_index(train, attack, int(slots.sum()))
-    picks = pool[torch.randperm(pool.numel(), generator=generator)[: int(slots.sum())]]
+    count = int(slots.sum())
+    pool = class_index(train, attack, count)
+    picks = pool[torch.randperm(pool.numel(), generator=generator)[:count]]
     images, labels = synthetic.images.detach().clone(), synthetic.labels.clone()
     images[slots] = train.images[picks].to(images)
     labels[slots] = target

@@ -7,10 +7,11 @@ attack success (%) after the batch's own victim, for four sets of models (the ch
 MNIST's 200; M of the crafting models; M and all 50 held-out ones) on three sets of images (the
 check's 1,000 training images, 1,000 other training images, the test split). The check row on
 the check images is what the collateral budget held; the 50 held-out models on the test split is
-what `ddsec poison` reports. Then, as controls that nothing selected on the check: the same batch at half and
-twice its step sizes, and two label-flip batches (10 random class-K training images labelled T,
-one step of 0.003), on the check's models, the held-out ones and M other training-population
-models (crafting models: a fair comparison for the label flips only), on the test split.
+what `ddsec poison` reports. Then, as controls that nothing selected on the check: the same batch
+at half and twice its step sizes, and two label-flip batches (10 random class-K training images
+labelled T, one step of 0.003), on the check's models, the held-out ones and M other
+training-population models (crafting models: a fair comparison for the label flips only), on
+the test split.
 """
 
 from __future__ import annotations

@@ -41,7 +41,8 @@ def stress(
     quiet: bool = O.QUIET,
 ) -> None:
     """Replay a poisoning batch under many victims: attack success, other classes and clean accuracy per victim."""
-    from ddsec.attacks import FLIP_KINDS, PAPER_VICTIM, STANDARD_VICTIMS, parse_victim, prepare_from_file, stress_matrix, victim_spec
+    from ddsec.attacks import (FLIP_KINDS, PAPER_VICTIM, STANDARD_VICTIMS, parse_victim, prepare_from_file,
+                               stress_matrix, victim_spec)
     from ddsec.attacks.poison import other_population
     from ddsec.attacks.baselines import select_flip_batch
     from ddsec.engine import SyntheticSet
