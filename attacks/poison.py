@@ -172,8 +172,12 @@ class PoisonOutcome:
     :class:`~ddsec.attacks.collateral.TrainingCheck`): ``train_asr``, ``train_collateral`` and its
     one-sided 95 % upper bound ``train_collateral_bound`` of the delivered batch, the ``iteration``
     that made it, ``max_collateral`` and the final multiplier ``lambda`` (both ``None`` for the
-    paper's fixed objective), and ``budget_met``: whether that bound is within the budget (no
-    measured batch was when it is ``False``: the batch is then the last one; ``None`` without a budget).
+    paper's fixed objective), ``budget_met``: whether that bound is within the budget (no
+    measured batch was when it is ``False``: the batch is then the last one; ``None`` without a
+    budget), and ``checks``: the budget check's measurements while crafting (all of the first 256,
+    thinned evenly past that; see :meth:`~ddsec.attacks.collateral.CollateralBudget.log`; empty
+    without a budget). The exported
+    file's metadata keeps all but ``checks``.
     """
 
     distilled: DistilledSet
@@ -182,7 +186,7 @@ class PoisonOutcome:
     losses: torch.Tensor
     seconds: float
     pixels: dict[str, float]
-    crafting: dict[str, float | int | None]
+    crafting: dict[str, float | int | list | None]
 
 
 def _check_classes(cfg: PoisonConfig, data: ImageDataset) -> None:
@@ -308,6 +312,7 @@ class PoisonTask:
                     "train_collateral": chosen.measurement.collateral,
                     "train_collateral_bound": chosen.measurement.collateral_bound,
                     "budget_met": None if self.budget is None else self.budget.within(chosen.measurement)}
+        checks = [] if self.budget is None else self.budget.log()
         kwargs = dict(attack=cfg.attack, target=cfg.target, n_models=cfg.eval_models, seed=cfg.seed + 1_000_003)
         evaluation = evaluate_attack(base.model, base.heldout, chosen.synthetic, test, **kwargs)
         transfer = None if self.poison.transfer is None else evaluate_attack(
@@ -321,7 +326,8 @@ class PoisonTask:
         distilled = to_distilled(chosen.synthetic, meta)
         anchors = None if cfg.epsilon is None else self.start_set.images.cpu()
         pixels = pixel_report(distilled.images, train.mean, train.std, anchors)
-        return PoisonOutcome(distilled, evaluation, transfer, result.losses, seconds, pixels, crafting)
+        return PoisonOutcome(distilled, evaluation, transfer, result.losses, seconds, pixels,
+                             crafting | {"checks": checks})
 
 
 def run_poison(job: PoisonJob, **kwargs) -> PoisonOutcome | None:

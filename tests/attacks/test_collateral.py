@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from ddsec.attacks import CollateralBudget, Measurement, PoisonConfig, prepare_poison, run_poison
+from ddsec.attacks import CollateralBudget, Measurement, PoisonConfig, collateral, prepare_poison, run_poison
 from ddsec.attacks.collateral import CHECK_EVERY, DUAL_STEP, LAMBDA_RANGE
 from ddsec.engine import SyntheticSet
 from ddsec.errors import DDSecError
@@ -92,6 +92,34 @@ def test_the_budget_holds_the_upper_bound_of_the_collateral_not_its_mean():
         budget.load_state_dict({k: v for k, v in budget.state_dict().items() if k != "best_collateral_bound"})
 
 
+def test_the_log_holds_every_measurement_then_thins_to_span_the_whole_run(monkeypatch):
+    budget = CollateralBudget(Scripted(*((0.1 * n, 0.03 * n) for n in range(10))), 0.03, tiny_set(0.0),
+                              num_classes=2, attack=0, target=1)
+    budget.update(CHECK_EVERY, tiny_set(1.0))
+    budget.update(CHECK_EVERY, tiny_set(1.0))  # a repeated iteration measures nothing, logs nothing
+    assert budget.log() == [{"iteration": CHECK_EVERY, "asr": 0.0, "collateral": 0.0, "collateral_bound": 0.0,
+                             "lambda": pytest.approx(math.exp(-DUAL_STEP))}]
+    monkeypatch.setattr(collateral, "LOG_ROWS", 4)
+    small = CollateralBudget(Scripted(*((0.1 * n, 0.03 * n) for n in range(10))), 0.03, tiny_set(0.0),
+                             num_classes=2, attack=0, target=1)
+    for check in range(1, 11):
+        small.update(check * CHECK_EVERY, tiny_set(float(check)))
+    logged = small.log()  # 10 measurements in 4 rows: every fourth, from the first
+    assert [row["iteration"] for row in logged] == [CHECK_EVERY, 5 * CHECK_EVERY, 9 * CHECK_EVERY]
+    assert [row["asr"] for row in logged] == pytest.approx([0.0, 0.4, 0.8])
+    assert logged[2]["collateral"] == pytest.approx(0.24)
+    # λ after each logged step: the violations are -1, 0, then clipped to 1 from the third measurement on
+    assert [row["lambda"] for row in logged] == pytest.approx([math.exp(-DUAL_STEP), math.exp(2 * DUAL_STEP),
+                                                               math.exp(6 * DUAL_STEP)])
+    copy = CollateralBudget(Scripted(), 0.03, tiny_set(0.0), num_classes=2, attack=0, target=1)
+    copy.load_state_dict({k: v.clone() for k, v in small.state_dict().items()})
+    assert copy.log() == logged
+    older = {k: v for k, v in small.state_dict().items() if k not in ("log", "log_stride", "measurements")}
+    fresh = CollateralBudget(Scripted(), 0.03, tiny_set(0.0), num_classes=2, attack=0, target=1)
+    fresh.load_state_dict(older)  # a checkpoint from before the log: resumes, logging from there
+    assert fresh.log() == [] and fresh.lam == pytest.approx(small.lam)
+
+
 def test_targets_weigh_class_k_against_the_others_by_lambda():
     budget = CollateralBudget(Scripted(), 0.03, tiny_set(0.0), num_classes=3, attack=1, target=2)
     budget.state["log_lambda"].fill_(math.log(3.0))
@@ -126,6 +154,9 @@ def test_the_budget_holds_where_a_large_fixed_weight_does_not(zoo):
     assert held.crafting["lambda"] < 1 < tight.crafting["lambda"], (held.crafting, tight.crafting)
     config_meta = held.distilled.meta.config
     assert config_meta["max_collateral"] == 0.05 and config_meta["crafting"]["lambda"] == held.crafting["lambda"]
+    assert [row["iteration"] for row in held.crafting["checks"]] == [CHECK_EVERY, 2 * CHECK_EVERY]
+    assert held.crafting["checks"][-1]["lambda"] == pytest.approx(held.crafting["lambda"])
+    assert fixed.crafting["checks"] == [] and "checks" not in config_meta["crafting"]  # the JSON's, not the file's
 
 
 def test_resume_continues_lambda_and_the_kept_iterate_exactly(zoo, tmp_path):
