@@ -16,17 +16,23 @@ import sys
 
 
 def thirds(checks: list[dict], budget: float) -> None:
-    """Print, per third of the logged measurements, the ranges and the strongest within budget."""
+    """Print, per third of the logged measurements, the ranges of each column and the strongest
+    attack success within budget."""
     size = -(-len(checks) // 3)
     for start in range(0, len(checks), size):
         part = checks[start:start + size]
         within = [c["asr"] for c in part if c["collateral_bound"] <= budget]
         span = f"iterations {part[0]['iteration']}–{part[-1]['iteration']}"
-        asr = f"{100 * min(c['asr'] for c in part):.1f}–{100 * max(c['asr'] for c in part):.1f} %"
-        bound = f"{100 * min(c['collateral_bound'] for c in part):.2f}–{100 * max(c['collateral_bound'] for c in part):.2f}"
-        lam = f"{min(c['lambda'] for c in part):.2f}–{max(c['lambda'] for c in part):.2f}"
+        asr, mean, bound = (span_of(part, name, 100) for name in ("asr", "collateral", "collateral_bound"))
         best = f"{100 * max(within):.1f} %" if within else "none"
-        print(f"{span}: attack success {asr}, bound {bound} points, λ {lam}; strongest within budget {best}")
+        print(f"{span}: attack success {asr} %, collateral {mean} points (bound {bound}),"
+              f" λ {span_of(part, 'lambda', 1)}; strongest within budget {best}")
+
+
+def span_of(checks: list[dict], name: str, scale: float) -> str:
+    """``min–max`` of one column of ``checks``, times ``scale``."""
+    values = [scale * c[name] for c in checks]
+    return f"{min(values):.1f}–{max(values):.1f}"
 
 
 def main(source: str, picture: str) -> None:
