@@ -153,7 +153,7 @@ def run_sweep(
         pairs: the ``(K, T)`` pairs, in order.
         out: a ``.safetensors`` path naming the sweep's files (see :class:`SweepPaths`).
         resume: continue the sweep recorded next to ``out``: skip its finished pairs, continue an
-            interrupted one from its checkpoint, run its failed ones again (a full disk, a lost device).
+            interrupted one from its checkpoint.
         force: start over, removing an unfinished sweep's record and the pairs' checkpoints.
         checkpoint_seconds: each pair checkpoints at least this often.
         on_pair: called as ``on_pair(done, pair, None)`` before a pair runs and ``on_pair(done, pair,
@@ -180,7 +180,7 @@ def run_sweep(
             outcome = run_poison(for_pair(job, pair), checkpoint_path=checkpoint, resume=checkpoint.exists(),
                                  checkpoint_seconds=checkpoint_seconds, on_progress=on_progress)
         except DDSecError as exc:
-            checkpoint.unlink(missing_ok=True)  # recorded as failed; --resume runs it again from the start
+            checkpoint.unlink(missing_ok=True)  # a failed pair is recorded, never resumed
             records[key(pair)] = {"attack": pair[0], "target": pair[1], "status": "failed", "error": str(exc)}
         else:
             save_distilled(paths.batch(pair), outcome.distilled)
@@ -200,8 +200,7 @@ def run_sweep(
 
 
 def _start(paths: SweepPaths, fingerprint: dict, pairs: list[Pair], *, resume: bool, force: bool) -> dict[str, dict]:
-    """The records a sweep starts from (a resumed sweep's finished pairs, else none), after checking
-    the files; a resumed sweep runs its failed pairs again."""
+    """The records a sweep starts from (a resumed sweep's, else none), after checking the files."""
     if resume and force:
         raise DDSecError("--resume continues a sweep and --force starts it over: pass only one")
     state = _read(paths.state) if paths.state.exists() else None
@@ -209,7 +208,7 @@ def _start(paths: SweepPaths, fingerprint: dict, pairs: list[Pair], *, resume: b
         if state is None:
             raise DDSecError(f"--resume: there is no sweep {paths.state} to resume; run the command without --resume")
         refuse_other_settings(f"sweep {paths.state}", state["fingerprint"], fingerprint)
-        return {name: record for name, record in state["pairs"].items() if record["status"] == "done"}
+        return dict(state["pairs"])
     if force:
         for pair in pairs:
             paths.checkpoint(pair).unlink(missing_ok=True)

@@ -34,7 +34,7 @@ def poison(
     target: Optional[int] = typer.Option(None, help=f"Class T they should be predicted as (default {P.target})."),
     max_collateral: Optional[str] = typer.Option(None, help=f"The strongest attack whose collateral (drop in accuracy on the other classes, measured on training-population models) stays within this fraction (default {P.max_collateral}: 3 points); none: the paper's fixed objective."),
     attack_weight: Optional[float] = typer.Option(None, help="The paper's fixed objective instead of a collateral budget, the relabelled class-K images weighing this much (1: the paper's; higher trades accuracy on the other classes for attack success)."),
-    pairs: Optional[str] = typer.Option(None, help="Sweep: one attack per class pair, all or a list such as 3:8,1:7; writes <out>-K-T.safetensors per pair, <out>.json and K×T heatmaps (resumable pair by pair; --resume reruns failed pairs)."),
+    pairs: Optional[str] = typer.Option(None, help="Sweep: one attack per class pair, all or a list such as 3:8,1:7; writes <out>-K-T.safetensors per pair, <out>.json and K×T heatmaps (resumable pair by pair)."),
     dataset: str = typer.Option(P.dataset, help="digits (embedded), mnist, usps, svhn, cifar10, voc, cub, imagefolder."),
     data_dir: Optional[str] = O.DATA_DIR,
     download: bool = O.DOWNLOAD,
