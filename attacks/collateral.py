@@ -38,8 +38,9 @@ Primal-dual iterates circle the constraint, so the last one may lie slightly ove
 keeps the strongest iterate it measured within budget (highest attack success on the check), and
 :meth:`CollateralBudget.choose` returns it unless the final set is at least as strong and within
 budget too; when no measured iterate was within budget, the final set is returned, and its
-measured collateral says so. Every measurement is logged (:meth:`CollateralBudget.log`): the
-run's trajectory shows whether a pair never met its budget or met it early and then lost ground.
+measured collateral says so. The measurements are logged (:meth:`CollateralBudget.checks`, thinned
+evenly past ``CHECK_ROWS``): the run's trajectory shows whether a pair never met its budget or met
+it early and then lost ground.
 """
 
 from __future__ import annotations
@@ -64,8 +65,8 @@ from ddsec.evaluate import population_predictions
 
 CHECK_EVERY = 20
 """Default outer iterations between two measurements of the dual player (``--check-every``; the
-MNIST recipe measures every 40: its 48 LeNets on 1,000 images take about 1.7 s on 2 CPU cores, 40
-outer iterations about 8.5 s)."""
+digits recipe measures every 10 of its 200 iterations, the MNIST recipe every 40: its 48 LeNets on
+1,000 images take about 1.7 s on 2 CPU cores, 40 outer iterations about 8.5 s)."""
 CHECK_MODELS = 48
 """Most training-population models in a measurement (the same ones every time)."""
 MIN_CHECK_MODELS = 16
@@ -78,10 +79,12 @@ DUAL_STEP = 0.3
 """``η``: one measurement moves ``λ`` by a factor ``e^0.3 ≈ 1.35`` at most."""
 LAMBDA_RANGE = (1e-3, 1e3)
 """Bounds of ``λ``: from 1000 times the paper's weight on the attacked class to 1/1000 of it."""
-LOG_ROWS = 256
-"""Rows of the measurement log: past that, every other row is dropped and every other measurement
-logged from then on (a fixed-size state that spans the whole run)."""
-LOG_COLUMNS = ("iteration", "asr", "collateral", "collateral_bound", "lambda")
+CHECK_ROWS = 256
+"""Rows of the measurement log (an even number): each time it fills, every other row is dropped and
+the stride between logged measurements doubles (a fixed-size state that spans the whole run)."""
+CHECK_COLUMNS = ("iteration", "asr", "collateral", "collateral_bound", "lambda")
+CHECK_KEYS = ("checks", "checks_stride", "checks_count")
+"""The log's state: its rows, the stride between logged measurements, the measurements taken."""
 
 
 @dataclass(frozen=True)
@@ -219,8 +222,9 @@ class CollateralBudget:
         self.state = {"log_lambda": scalar(0.0), "updated_at": scalar(0, torch.int64), "best_asr": scalar(-1.0),
                       "best_collateral": scalar(math.nan),
                       "best_collateral_bound": scalar(math.nan), "best_iteration": scalar(0, torch.int64),
-                      "log": torch.full((LOG_ROWS, len(LOG_COLUMNS)), math.nan, dtype=torch.float64, device=device),
-                      "log_stride": scalar(1, torch.int64), "measurements": scalar(0, torch.int64)}
+                      "checks": torch.full((CHECK_ROWS, len(CHECK_COLUMNS)), math.nan, dtype=torch.float64,
+                                           device=device),
+                      "checks_stride": scalar(1, torch.int64), "checks_count": scalar(0, torch.int64)}
         self.state |= {f"best.{name}": tensor.detach().clone() for name, tensor in _learned(start).items()}
 
     def within(self, measured: Measurement) -> bool:
@@ -264,22 +268,26 @@ class CollateralBudget:
     def _log(self, iteration: int, measured: Measurement) -> None:
         """Log one measurement with ``λ`` after its step: measurement ``n`` (from 0) takes row
         ``n / stride`` when ``stride`` divides ``n``; a full log keeps its even rows and doubles ``stride``."""
-        log, count, stride = self.state["log"], int(self.state["measurements"]), int(self.state["log_stride"])
-        if count % stride == 0 and count // stride == LOG_ROWS:
-            log[: LOG_ROWS // 2] = log[::2].clone()
-            log[LOG_ROWS // 2:] = math.nan
+        rows, count, stride = self.state["checks"], int(self.state["checks_count"]), int(self.state["checks_stride"])
+        if count == CHECK_ROWS * stride:
+            rows[: CHECK_ROWS // 2] = rows[::2].clone()
+            rows[CHECK_ROWS // 2:] = math.nan
             stride *= 2
-            self.state["log_stride"].fill_(stride)
+            self.state["checks_stride"].fill_(stride)
         if count % stride == 0:
-            log[count // stride] = torch.tensor([iteration, measured.asr, measured.collateral,
-                                                 measured.collateral_bound, self.lam], dtype=log.dtype)
-        self.state["measurements"].fill_(count + 1)
+            rows[count // stride] = torch.tensor([iteration, measured.asr, measured.collateral,
+                                                  measured.collateral_bound, self.lam], dtype=rows.dtype,
+                                                 device=rows.device)
+        self.state["checks_count"].fill_(count + 1)
 
-    def log(self) -> list[dict[str, int | float]]:
+    def checks(self) -> list[dict[str, int | float]]:
         """The logged measurements in order, each ``{iteration, asr, collateral, collateral_bound,
-        lambda}`` (``lambda`` after the step it caused; fractions as measured)."""
-        rows = self.state["log"].cpu()
-        return [dict(zip(LOG_COLUMNS, (int(row[0]), *map(float, row[1:])))) for row in rows if not row.isnan().any()]
+        lambda}`` (``lambda`` after the step it caused; fractions as measured): all of the first
+        ``CHECK_ROWS``, then every ``stride``-th from the first (so past ``CHECK_ROWS`` the last
+        measurement may be missing)."""
+        filled = -(-int(self.state["checks_count"]) // int(self.state["checks_stride"]))
+        rows = self.state["checks"][:filled].cpu()
+        return [dict(zip(CHECK_COLUMNS, (int(row[0]), *map(float, row[1:])))) for row in rows]
 
     def state_dict(self) -> dict[str, Tensor]:
         """``λ`` (as ``log_lambda``), where it last updated, the kept iterate with its measurement, and
@@ -288,12 +296,13 @@ class CollateralBudget:
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         """Take the tensors of :meth:`state_dict` (from a checkpoint or rank 0)."""
-        missing = sorted(set(self.state) - set(state) - {"log", "log_stride", "measurements"})
+        log_keys = set(CHECK_KEYS) & set(state)
+        missing = sorted(set(self.state) - set(state) - ({*CHECK_KEYS} if not log_keys else set()))
         if missing:
             raise DDSecError(f"the checkpoint's collateral budget lacks {', '.join(missing)} (written by an older"
                              " ddsec); run again without --resume, or with another --out")
         for name, tensor in self.state.items():
-            if name in state:  # a checkpoint without a log (older ddsec): the log starts at the resume
+            if name in state:  # a checkpoint without the log (older ddsec): the log starts at the resume
                 tensor.copy_(state[name])
 
     def choose(self, final: SyntheticSet, iterations: int) -> Choice:

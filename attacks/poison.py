@@ -175,7 +175,7 @@ class PoisonOutcome:
     paper's fixed objective), ``budget_met``: whether that bound is within the budget (no
     measured batch was when it is ``False``: the batch is then the last one; ``None`` without a
     budget), and ``checks``: the budget check's measurements while crafting (all of the first 256,
-    thinned evenly past that; see :meth:`~ddsec.attacks.collateral.CollateralBudget.log`; empty
+    thinned evenly past that; see :meth:`~ddsec.attacks.collateral.CollateralBudget.checks`; empty
     without a budget). The exported
     file's metadata keeps all but ``checks``.
     """
@@ -312,7 +312,7 @@ class PoisonTask:
                     "train_collateral": chosen.measurement.collateral,
                     "train_collateral_bound": chosen.measurement.collateral_bound,
                     "budget_met": None if self.budget is None else self.budget.within(chosen.measurement)}
-        checks = [] if self.budget is None else self.budget.log()
+        checks = [] if self.budget is None else self.budget.checks()
         kwargs = dict(attack=cfg.attack, target=cfg.target, n_models=cfg.eval_models, seed=cfg.seed + 1_000_003)
         evaluation = evaluate_attack(base.model, base.heldout, chosen.synthetic, test, **kwargs)
         transfer = None if self.poison.transfer is None else evaluate_attack(

@@ -5,8 +5,9 @@
 
 The JSON is the last line of the file (``crafting.checks``). Top: attack success on the check's
 models; bottom: the collateral's mean and its 95 % upper bound (the budget holds the bound), with
-the budget drawn in, and λ on a second axis. The kept batch's iteration is marked on both. Prints
-the strongest measurement within budget per third of the run.
+the budget drawn in, and λ on a second axis. The kept batch's iteration is marked on both. Prints,
+per third of the run, the range of each measured column and the strongest attack success within
+budget.
 """
 
 from __future__ import annotations
@@ -18,26 +19,32 @@ import sys
 def thirds(checks: list[dict], budget: float) -> None:
     """Print, per third of the logged measurements, the ranges of each column and the strongest
     attack success within budget."""
-    size = -(-len(checks) // 3)
-    for start in range(0, len(checks), size):
-        part = checks[start:start + size]
+    bounds = [round(i * len(checks) / 3) for i in range(4)]
+    for start, end in zip(bounds, bounds[1:]):
+        part = checks[start:end]
+        if not part:
+            continue
         within = [c["asr"] for c in part if c["collateral_bound"] <= budget]
         span = f"iterations {part[0]['iteration']}–{part[-1]['iteration']}"
-        asr, mean, bound = (span_of(part, name, 100) for name in ("asr", "collateral", "collateral_bound"))
+        asr, mean, bound = (span_of(part, name, 100, ".1f") for name in ("asr", "collateral", "collateral_bound"))
         best = f"{100 * max(within):.1f} %" if within else "none"
         print(f"{span}: attack success {asr} %, collateral {mean} points (bound {bound}),"
-              f" λ {span_of(part, 'lambda', 1)}; strongest within budget {best}")
+              f" λ {span_of(part, 'lambda', 1, '.3g')}; strongest within budget {best}")
 
 
-def span_of(checks: list[dict], name: str, scale: float) -> str:
-    """``min–max`` of one column of ``checks``, times ``scale``."""
+def span_of(checks: list[dict], name: str, scale: float, form: str) -> str:
+    """``min–max`` of one column of ``checks``, times ``scale``, each in the format ``form``."""
     values = [scale * c[name] for c in checks]
-    return f"{min(values):.1f}–{max(values):.1f}"
+    return f"{min(values):{form}}–{max(values):{form}}"
 
 
 def main(source: str, picture: str) -> None:
     with open(source) as handle:
-        crafting = json.loads(handle.read().strip().splitlines()[-1])["crafting"]
+        payload = json.loads(handle.read().strip().splitlines()[-1])
+    if "crafting" not in payload:
+        raise SystemExit(f"{source}: not the --json output of one `ddsec poison` run (for a sweep, each pair's"
+                         " record in <out>.json has its own crafting.checks)")
+    crafting = payload["crafting"]
     checks, budget = crafting["checks"], crafting["max_collateral"]
     if not checks:
         raise SystemExit(f"{source}: no measurements logged (the paper's fixed objective has no budget)")

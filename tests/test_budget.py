@@ -183,7 +183,10 @@ def test_recipes_fill_what_was_not_given_and_say_so():
     assert settings["budget"] == "90s" and settings["momentum"] == 0.0 and settings["lr"] == 0.05
     assert "budget=" not in notes[0] and "momentum=" not in notes[0]
     settings, notes = with_recipe("poison", "digits", poison, 200)
-    assert settings == {"iterations": 200, "budget": None} and notes == []
+    assert settings == {"iterations": 200, "budget": None, "check_every": 10}
+    assert notes[0].startswith("recipe for digits: check_every=10 (RESULTS")
+    settings, notes = with_recipe("poison", "usps", poison, 200)
+    assert settings == {"iterations": 200, "budget": None} and notes == []  # no recipe: the config's defaults
     settings, notes = with_recipe("adapt", "mnist:usps", dict(iterations=None, budget=None, decay_fraction=None), 40)
     assert settings == {"iterations": None, "budget": "10m", "decay_fraction": 0.5}
     assert notes[0].startswith("recipe for mnist:usps: budget=10m, decay_fraction=0.5 (RESULTS")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ddsec.attacks import CollateralBudget, Measurement, PoisonConfig, collateral, prepare_poison, run_poison
-from ddsec.attacks.collateral import CHECK_EVERY, DUAL_STEP, LAMBDA_RANGE
+from ddsec.attacks.collateral import CHECK_EVERY, CHECK_KEYS, DUAL_STEP, LAMBDA_RANGE
 from ddsec.engine import SyntheticSet
 from ddsec.errors import DDSecError
 
@@ -97,14 +97,14 @@ def test_the_log_holds_every_measurement_then_thins_to_span_the_whole_run(monkey
                               num_classes=2, attack=0, target=1)
     budget.update(CHECK_EVERY, tiny_set(1.0))
     budget.update(CHECK_EVERY, tiny_set(1.0))  # a repeated iteration measures nothing, logs nothing
-    assert budget.log() == [{"iteration": CHECK_EVERY, "asr": 0.0, "collateral": 0.0, "collateral_bound": 0.0,
+    assert budget.checks() == [{"iteration": CHECK_EVERY, "asr": 0.0, "collateral": 0.0, "collateral_bound": 0.0,
                              "lambda": pytest.approx(math.exp(-DUAL_STEP))}]
-    monkeypatch.setattr(collateral, "LOG_ROWS", 4)
+    monkeypatch.setattr(collateral, "CHECK_ROWS", 4)
     small = CollateralBudget(Scripted(*((0.1 * n, 0.03 * n) for n in range(10))), 0.03, tiny_set(0.0),
                              num_classes=2, attack=0, target=1)
     for check in range(1, 11):
         small.update(check * CHECK_EVERY, tiny_set(float(check)))
-    logged = small.log()  # 10 measurements in 4 rows: every fourth, from the first
+    logged = small.checks()  # 10 measurements in 4 rows: every fourth, from the first
     assert [row["iteration"] for row in logged] == [CHECK_EVERY, 5 * CHECK_EVERY, 9 * CHECK_EVERY]
     assert [row["asr"] for row in logged] == pytest.approx([0.0, 0.4, 0.8])
     assert logged[2]["collateral"] == pytest.approx(0.24)
@@ -113,11 +113,13 @@ def test_the_log_holds_every_measurement_then_thins_to_span_the_whole_run(monkey
                                                                math.exp(6 * DUAL_STEP)])
     copy = CollateralBudget(Scripted(), 0.03, tiny_set(0.0), num_classes=2, attack=0, target=1)
     copy.load_state_dict({k: v.clone() for k, v in small.state_dict().items()})
-    assert copy.log() == logged
-    older = {k: v for k, v in small.state_dict().items() if k not in ("log", "log_stride", "measurements")}
+    assert copy.checks() == logged
+    older = {k: v for k, v in small.state_dict().items() if k not in CHECK_KEYS}
     fresh = CollateralBudget(Scripted(), 0.03, tiny_set(0.0), num_classes=2, attack=0, target=1)
     fresh.load_state_dict(older)  # a checkpoint from before the log: resumes, logging from there
-    assert fresh.log() == [] and fresh.lam == pytest.approx(small.lam)
+    assert fresh.checks() == [] and fresh.lam == pytest.approx(small.lam)
+    with pytest.raises(DDSecError, match="lacks checks_count"):  # part of the log: refused, not misread
+        fresh.load_state_dict({k: v for k, v in small.state_dict().items() if k != "checks_count"})
 
 
 def test_targets_weigh_class_k_against_the_others_by_lambda():
