@@ -296,8 +296,8 @@ class CollateralBudget:
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         """Take the tensors of :meth:`state_dict` (from a checkpoint or rank 0)."""
-        log_keys = set(CHECK_KEYS) & set(state)
-        missing = sorted(set(self.state) - set(state) - ({*CHECK_KEYS} if not log_keys else set()))
+        no_log = set(CHECK_KEYS) if not set(CHECK_KEYS) & set(state) else set()  # older ddsec: allowed
+        missing = sorted(set(self.state) - set(state) - no_log)
         if missing:
             raise DDSecError(f"the checkpoint's collateral budget lacks {', '.join(missing)} (written by an older"
                              " ddsec); run again without --resume, or with another --out")
