@@ -176,8 +176,7 @@ class PoisonOutcome:
     measured batch was when it is ``False``: the batch is then the last one; ``None`` without a
     budget), and ``checks``: the budget check's measurements while crafting (all of the first 256,
     thinned evenly past that; see :meth:`~ddsec.attacks.collateral.CollateralBudget.checks`; empty
-    without a budget). The exported
-    file's metadata keeps all but ``checks``.
+    without a budget). The exported file's metadata keeps all but ``checks``.
     """
 
     distilled: DistilledSet
