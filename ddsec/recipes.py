@@ -38,10 +38,10 @@ RECIPES: dict[tuple[str, str], Recipe] = {
         " 0.53 %; 300 iterations 94.08 ± 0.52 % (the best measured for this population)"),
     ("poison", "digits"): Recipe(
         {"check_every": 10},
-        "RESULTS 'digits, all 90 pairs, the default command (before the digits recipe)', twelve pairs drawn at"
-        " random: measuring the budget every 10 of the 200 iterations instead of every 20, the check met its"
-        " budget on 10 of 12 pairs (3 of 12), 8 of 12 stayed within 3 points on the held-out models (6), median collateral 2.45"
-        " points (3.05), as many pairs at ≥ 50 % within the budget (4), in the same time"),
+        "RESULTS 'digits, all 90 pairs, the default command': measuring the budget every 10 of the 200"
+        " iterations instead of every 20, the check met its budget on 74 of 90 pairs (28), 68 stayed within 3"
+        " points on the held-out models (49), median collateral 2.5 points (2.9), as many pairs at ≥ 50 / 75 / 90 %"
+        " attack success within the budget (35 / 18 / 3 against 34 / 18 / 3), in the same time"),
     ("poison", "mnist"): Recipe(
         {"budget": "10m", "check_every": 40},
         "RESULTS 'MNIST, all eight pairs with the default 10-minute budget': flip labels and the 48-model"
